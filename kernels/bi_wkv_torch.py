@@ -1,0 +1,194 @@
+"""Bi-WKV in PyTorch: a chunked, log-space scan for CPU tensors (and float64 anywhere).
+
+The operator is two exclusive decayed scans (left-to-right and right-to-left) plus the bonus term
+of the current token. Each scan is computed in chunks of L tokens:
+
+- inside a chunk the decay is separable, exp(-(t-1-i)w) = exp(-(r_t-1)w) * exp(r_i w) for chunk
+  offsets r, so the chunk-local sum is one cumulative sum of exp(z_i + r_i w - m) x_i, with m the
+  chunk maximum of the exponents;
+- a short loop over chunks carries the decayed sum of all previous chunks, in log space.
+
+Every partial sum is kept as (s, l) with value s * exp(l); parts are combined with one shared
+maximum, never by subtracting large terms. The chunk length is chosen so that L * |w| stays small,
+which bounds the spread of exponents inside a chunk. Memory is O(B * T * C); no T x T matrices.
+
+The backward reuses the same scan on the output gradient divided by the denominator (the operator
+is symmetric in t and i), and obtains the gradient of w from a second scan over the first one:
+sum_{i<t} (t-1-i) W_ti x_i = exp(-w) * sum_{s<t} exp(-(t-1-s) w) A_s with A the first scan.
+"""
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+#: Largest chunk length, and the bound on chunk_len * max|w| that sets it for large decays.
+MAX_CHUNK = 32
+MAX_CHUNK_DECAY = 8.0
+
+
+def choose_chunk_len(w: torch.Tensor) -> int:
+    """Largest power of two <= MAX_CHUNK with chunk_len * max|w| <= MAX_CHUNK_DECAY."""
+    w_max = float(w.abs().max()) if w.numel() else 0.0
+    if not math.isfinite(w_max):
+        raise ValueError('bi_wkv: w contains inf or NaN')
+    if w_max * MAX_CHUNK <= MAX_CHUNK_DECAY:
+        return MAX_CHUNK
+    return max(1, 2 ** int(math.floor(math.log2(MAX_CHUNK_DECAY / w_max))))
+
+
+def decay_scan(
+        z: torch.Tensor,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        chunk_len: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exclusive left-to-right decayed sum, in log-scaled form.
+
+    S_t = sum_{i<t} exp(-(t-1-i) * w + z_i) * x_i, returned as (s, l) with S_t = s_t * exp(l_t).
+
+    Args:
+        z: (B, T, C) log-weights (finite or -inf).
+        x: (B, T, C, V) values, V value channels sharing the weights.
+        w: (C,) decay per channel.
+        chunk_len: chunk length L (see ``choose_chunk_len``).
+
+    Returns:
+        s: (B, T, C, V) scaled sums; l: (B, T, C) finite log scales.
+    """
+    B, T, C = z.shape
+    L = chunk_len
+    n = -(-T // L)
+    pad = n * L - T
+    if pad:
+        z = F.pad(z, (0, 0, 0, pad), value=-math.inf)
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+    z = z.view(B, n, L, C)
+    x = x.view(B, n, L, C, -1)
+    r = torch.arange(L, device=z.device, dtype=z.dtype)[:, None]  # (L, 1) offset in chunk
+
+    # chunk-local exclusive sums: exp(-(r_t-1)w) * sum_{r_i<r_t} exp(z_i + r_i w) x_i
+    e = z + r * w
+    m = e.amax(dim=2, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    cs = torch.cumsum(torch.exp(e - m).unsqueeze(-1) * x, dim=2)
+    total = cs[:, :, -1]  # (B, n, C, V) whole chunk, scaled by exp(m)
+    cs = F.pad(cs[:, :, :-1], (0, 0, 0, 0, 1, 0))  # shift: exclusive sums
+    l_intra = m - (r - 1) * w
+
+    # carry over chunks: H_{j+1} = exp(-L w) H_j + exp(m_j - (L-1) w) total_j
+    l_total = (m - (L - 1) * w).squeeze(2)  # (B, n, C)
+    h = torch.zeros_like(total[:, 0])
+    lh = torch.full_like(l_total[:, 0], -math.inf)
+    carry_s, carry_l = [], []
+    for j in range(n):
+        carry_s.append(h)
+        carry_l.append(lh)
+        lh_new = torch.maximum(lh - L * w, l_total[:, j])
+        h = h * torch.exp(lh - L * w - lh_new).unsqueeze(-1) \
+            + total[:, j] * torch.exp(l_total[:, j] - lh_new).unsqueeze(-1)
+        lh = lh_new
+    h = torch.stack(carry_s, dim=1).unsqueeze(2)  # (B, n, 1, C, V)
+    l_inter = torch.stack(carry_l, dim=1).unsqueeze(2) - r * w  # (B, n, L, C)
+
+    l = torch.maximum(l_intra, l_inter)
+    s = cs * torch.exp(l_intra - l).unsqueeze(-1) + h * torch.exp(l_inter - l).unsqueeze(-1)
+    return s.reshape(B, n * L, C, -1)[:, :T], l.reshape(B, n * L, C)[:, :T]
+
+
+def _bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, chunk_len: int):
+    """Left-to-right and right-to-left exclusive scans of the same inputs."""
+    fwd = decay_scan(z, x, w, chunk_len)
+    s, l = decay_scan(z.flip(1), x.flip(1), w, chunk_len)
+    return fwd, (s.flip(1), l.flip(1))
+
+
+def _ratio_and_log(s: torch.Tensor, l: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(num/den, log den) of a scan whose value channels are (num, den)."""
+    num, den = s.unbind(-1)
+    ratio = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.)
+    return ratio, l + torch.log(den)
+
+
+def bi_wkv_torch_forward(
+        w: torch.Tensor,
+        u: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Bi-WKV forward in the dtype of its inputs (float32 or float64).
+
+    Args:
+        w, u: (C,); k, v: (B, T, C), all of one floating dtype.
+
+    Returns:
+        y: (B, T, C) output; log_den: (B, T, C) log of the softmax denominator (for backward).
+    """
+    chunk_len = choose_chunk_len(w)
+    x = torch.stack([v, torch.ones_like(v)], dim=-1)
+    (s_f, l_f), (s_b, l_b) = _bidirectional(k, x, w, chunk_len)
+    r_f, ld_f = _ratio_and_log(s_f, l_f)
+    r_b, ld_b = _ratio_and_log(s_b, l_b)
+    ld_d = u + k
+    m = torch.maximum(torch.maximum(ld_f, ld_b), ld_d)
+    e_f, e_b, e_d = torch.exp(ld_f - m), torch.exp(ld_b - m), torch.exp(ld_d - m)
+    den = e_f + e_b + e_d
+    y = (r_f * e_f + r_b * e_b + v * e_d) / den
+    return y, m + torch.log(den)
+
+
+def _decay_weighted_grad(
+        k: torch.Tensor,
+        v: torch.Tensor,
+        w: torch.Tensor,
+        y: torch.Tensor,
+        g_scale: torch.Tensor,
+        gy: torch.Tensor,
+        chunk_len: int,
+) -> torch.Tensor:
+    """Gradient of w from one scan direction (left-to-right), summed over batch and time.
+
+    With A_t = sum_{i<t} W_ti e^{k_i} (v_i, 1) and P_t = sum_{i<t} (t-1-i) W_ti e^{k_i} (v_i, 1),
+    dL/dw = -sum_t gy_t / den_t * (P_num_t - y_t P_den_t), and P_t = e^{-w} * scan(A)_t.
+    """
+    x = torch.stack([v, torch.ones_like(v)], dim=-1)
+    s_a, l_a = decay_scan(k, x, w, chunk_len)
+    s_p, l_p = decay_scan(l_a, s_a, w, chunk_len)
+    p_num, p_den = s_p.unbind(-1)
+    scale = torch.exp(g_scale + l_p - w)
+    return -(gy * scale * (p_num - y * p_den)).sum(dim=(0, 1))
+
+
+def bi_wkv_torch_backward(
+        w: torch.Tensor,
+        u: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        y: torch.Tensor,
+        log_den: torch.Tensor,
+        gy: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of Bi-WKV, all in the dtype of the inputs.
+
+    Args:
+        w, u: (C,); k, v, y, log_den, gy: (B, T, C) (y and log_den from the forward).
+
+    Returns:
+        gw, gu: (C,); gk, gv: (B, T, C).
+    """
+    chunk_len = choose_chunk_len(w)
+    q = -log_den  # gy_t / den_t = gy_t * exp(q_t)
+    gx = torch.stack([gy, gy * y], dim=-1)
+    (s_f, l_f), (s_b, l_b) = _bidirectional(q, gx, w, chunk_len)
+    e_f = torch.exp(l_f + k).unsqueeze(-1)
+    e_b = torch.exp(l_b + k).unsqueeze(-1)
+    e_d = torch.exp(u + k + q)
+    s = s_f * e_f + s_b * e_b
+    s1 = s[..., 0] + e_d * gy  # sum_t W_ti e^{k_i} gy_t / den_t
+    s2 = s[..., 1] + e_d * gy * y
+    gv = s1
+    gk = v * s1 - s2
+    gu = (e_d * gy * (v - y)).sum(dim=(0, 1))
+    gw = _decay_weighted_grad(k, v, w, y, q, gy, chunk_len) + _decay_weighted_grad(
+        k.flip(1), v.flip(1), w, y.flip(1), q.flip(1), gy.flip(1), chunk_len)
+    return gw, gu, gk, gv

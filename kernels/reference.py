@@ -1,0 +1,45 @@
+"""Float64 O(T^2) reference of the bidirectional WKV operator, used by the tests.
+
+Bi-WKV is a softmax attention whose logits depend only on the keys and the token distance:
+
+    logit[t, i] = -(|t - i| - 1) * w + k_i   for i != t
+    logit[t, t] = u + k_t
+    y_t = sum_i softmax_i(logit[t, :]) * v_i
+
+so the reference is a float64 softmax over explicit T x T logits (memory B * C * T^2).
+"""
+from typing import Optional
+
+import torch
+
+
+def bi_wkv_reference(
+        w: torch.Tensor,
+        u: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rows: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Bi-WKV in float64 by explicit softmax.
+
+    Args:
+        w: (C,) decay per channel (already scaled by the caller).
+        u: (C,) bonus of the current token.
+        k: (B, T, C) keys.
+        v: (B, T, C) values.
+        rows: optional (R,) long tensor of output positions to compute (all T when None);
+            lets tests check single rows of very long sequences.
+
+    Returns:
+        (B, R, C) float64 output (R = T when ``rows`` is None). Differentiable.
+    """
+    B, T, C = k.shape
+    w, u, k, v = (x.double() for x in (w, u, k, v))
+    pos = torch.arange(T, device=k.device)
+    rows = pos if rows is None else rows.to(k.device)
+    dist = (rows[:, None] - pos[None, :]).abs().double()  # (R, T)
+    logits = -(dist - 1)[None, :, :, None] * w + k[:, None, :, :]  # (B, R, T, C)
+    diag = (rows[:, None] == pos[None, :])[None, :, :, None]
+    logits = torch.where(diag, (u + k)[:, None, :, :].expand_as(logits), logits)
+    attn = torch.softmax(logits, dim=2)
+    return (attn * v[:, None, :, :]).sum(dim=2)
