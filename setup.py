@@ -1,0 +1,38 @@
+"""vision_rwkv: RWKV vision backbones (Vision-RWKV, RWKV-SAM) with Triton Bi-WKV kernels.
+
+``kernels/`` is installed as ``vision_rwkv.kernels``; there is no top-level ``kernels`` package.
+"""
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+version = {}
+exec((ROOT / 'vision_rwkv' / 'version.py').read_text(), version)
+
+# One exact torch: torchvision, triton and the source-built mmcv (extra 'seg') are tied to it.
+TORCH = 'torch==2.13.0'
+TORCHVISION = 'torchvision==0.28.0'
+
+setup(
+    name='vision_rwkv',
+    version=version['__version__'],
+    description='RWKV vision backbones with Triton bidirectional WKV kernels, for timm and mmsegmentation',
+    long_description=(ROOT / 'README.md').read_text(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=['vision_rwkv', 'vision_rwkv.layers', 'vision_rwkv.models', 'vision_rwkv.kernels'],
+    package_dir={'vision_rwkv.kernels': 'kernels'},
+    install_requires=[
+        TORCH,
+        TORCHVISION,
+        'triton>=3.2',
+        'timm>=1.0.15,<1.1',
+        'numpy',
+    ],
+    extras_require={
+        'dev': ['pytest>=8', 'pytest-timeout'],
+        'seg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'mmcv==2.1.0', 'opencv-python-headless'],
+    },
+)

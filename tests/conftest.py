@@ -1,0 +1,35 @@
+"""Test setup: Triton runs in its interpreter on machines without CUDA; fresh random inputs each run.
+
+TRITON_INTERPRET must be set before the kernels module is imported (Triton decides at decoration).
+The session seed is printed in the report header; set VRWKV_TEST_SEED to replay a failing run.
+"""
+import os
+import random
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import pytest  # noqa: E402
+
+SEED = int(os.environ.get('VRWKV_TEST_SEED', random.SystemRandom().randrange(2 ** 31)))
+
+
+def pytest_report_header(config):
+    return f'vision_rwkv test seed: {SEED} (VRWKV_TEST_SEED={SEED} to replay)'
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(SEED)
+    random.seed(SEED)
+    yield
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64 (absolute error when expected is zero)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    denom = expected.norm()
+    diff = (actual - expected).norm()
+    return float(diff / denom) if denom > 0 else float(diff)

@@ -1,0 +1,52 @@
+"""Channel Mix of Vision-RWKV: Q-Shift, squared-ReLU MLP gated by a receptance."""
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from .shift import q_shift
+from .token_mix import channel_mix_init
+
+
+class ChannelMix(nn.Module):
+    """Channel mixing of a VRWKV block (official name: ``VRWKV_ChannelMix``).
+
+    y = sigmoid(receptance(xr)) * value(key_norm(relu(key(xk)) ** 2)), hidden width hidden_rate * dim.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            layer_id: int,
+            num_layers: int,
+            hidden_rate: float = 4,
+            shift_pixel: int = 1,
+            channel_gamma: float = 0.25,
+            init_mode: str = 'fancy',
+            key_norm: bool = False,
+    ):
+        super().__init__()
+        self.shift_pixel = shift_pixel
+        self.channel_gamma = channel_gamma
+        hidden = int(hidden_rate * dim)
+        if shift_pixel > 0:
+            init = channel_mix_init(dim, layer_id, num_layers, init_mode)
+            self.spatial_mix_k = nn.Parameter(init['spatial_mix_k'])
+            self.spatial_mix_r = nn.Parameter(init['spatial_mix_r'])
+        self.key = nn.Linear(dim, hidden, bias=False)
+        self.key_norm = nn.LayerNorm(hidden) if key_norm else None
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
+        if self.shift_pixel > 0:
+            xx = q_shift(x, grid, self.shift_pixel, self.channel_gamma)
+            xk = torch.lerp(xx, x, self.spatial_mix_k)
+            xr = torch.lerp(xx, x, self.spatial_mix_r)
+        else:
+            xk = xr = x
+        k = torch.square(torch.relu(self.key(xk)))
+        if self.key_norm is not None:
+            k = self.key_norm(k)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k)

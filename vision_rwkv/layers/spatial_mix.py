@@ -1,0 +1,62 @@
+"""Spatial Mix of Vision-RWKV: Q-Shift, receptance/key/value projections and Bi-WKV."""
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from vision_rwkv.kernels import bi_wkv
+
+from .shift import q_shift
+from .token_mix import spatial_mix_init
+
+
+class SpatialMix(nn.Module):
+    """Token mixing of a VRWKV block (official name: ``VRWKV_SpatialMix``).
+
+    y = output(sigmoid(r) * key_norm(Bi-WKV(spatial_decay / T, spatial_first / T, k, v))), where k,
+    v, r are projections of the input interpolated with its Q-shifted copy.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            layer_id: int,
+            num_layers: int,
+            shift_pixel: int = 1,
+            channel_gamma: float = 0.25,
+            init_mode: str = 'fancy',
+            key_norm: bool = False,
+    ):
+        super().__init__()
+        self.shift_pixel = shift_pixel
+        self.channel_gamma = channel_gamma
+        init = spatial_mix_init(dim, layer_id, num_layers, init_mode)
+        self.spatial_decay = nn.Parameter(init['spatial_decay'])
+        self.spatial_first = nn.Parameter(init['spatial_first'])
+        if shift_pixel > 0:
+            self.spatial_mix_k = nn.Parameter(init['spatial_mix_k'])
+            self.spatial_mix_v = nn.Parameter(init['spatial_mix_v'])
+            self.spatial_mix_r = nn.Parameter(init['spatial_mix_r'])
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.key_norm = nn.LayerNorm(dim) if key_norm else None
+        self.output = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
+        if self.shift_pixel > 0:
+            xx = q_shift(x, grid, self.shift_pixel, self.channel_gamma)
+            xk = torch.lerp(xx, x, self.spatial_mix_k)
+            xv = torch.lerp(xx, x, self.spatial_mix_v)
+            xr = torch.lerp(xx, x, self.spatial_mix_r)
+        else:
+            xk = xv = xr = x
+        k = self.key(xk)
+        v = self.value(xv)
+        sr = torch.sigmoid(self.receptance(xr))
+        T = x.shape[1]
+        x = bi_wkv(self.spatial_decay / T, self.spatial_first / T, k, v)
+        if self.key_norm is not None:
+            x = self.key_norm(x)
+        return self.output(sr * x)

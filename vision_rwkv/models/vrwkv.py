@@ -1,0 +1,464 @@
+"""Vision-RWKV (VRWKV, RWKV-4 style) backbones for timm.
+
+Faithful to the official OpenGVLab/Vision-RWKV models: patch embedding, absolute position
+embedding, blocks of Spatial Mix (Q-Shift + Bi-WKV) and Channel Mix (squared ReLU), layer 0 input
+norm ``ln0``, optional post-norm and layer scale, final norm ``ln1``, global average pooling and a
+linear head (VRWKV-L: fc + tanh + linear). Parameter names follow the official code, so official
+checkpoints load after ``checkpoint_filter_fn`` strips their wrappers.
+
+Paper: "Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Like Architectures",
+https://arxiv.org/abs/2403.02308
+"""
+import logging
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, to_2tuple, trunc_normal_
+from timm.models import adapt_input_conv, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from vision_rwkv.layers import ChannelMix, PatchEmbed, SpatialMix, resample_pos_embed
+
+__all__ = ['VRWKV', 'Block', 'checkpoint_filter_fn']
+
+_logger = logging.getLogger(__name__)
+
+GLOBAL_POOLS = ('', 'avg', 'max', 'avgmax')
+
+
+class Block(nn.Module):
+    """VRWKV block: x + drop_path(gamma1 * att(ln1(x))), then the same with ffn and ln2.
+
+    With ``post_norm`` the norms move to the branch outputs: x + drop_path(gamma1 * ln1(att(x))).
+    Block 0 first normalises its input with ``ln0``.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            layer_id: int,
+            num_layers: int,
+            hidden_rate: float = 4,
+            shift_pixel: int = 1,
+            channel_gamma: float = 0.25,
+            init_mode: str = 'fancy',
+            key_norm: bool = False,
+            post_norm: bool = False,
+            init_values: Optional[float] = None,
+            drop_path: float = 0.,
+    ):
+        super().__init__()
+        self.layer_id = layer_id
+        self.post_norm = post_norm
+        self.ln0 = nn.LayerNorm(dim) if layer_id == 0 else None
+        self.ln1 = nn.LayerNorm(dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.att = SpatialMix(dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm)
+        self.ffn = ChannelMix(dim, layer_id, num_layers, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm)
+        if init_values is not None:
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(init_values)))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(init_values)))
+        else:
+            self.gamma1 = self.gamma2 = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    @staticmethod
+    def _scale(x: torch.Tensor, gamma: Optional[torch.Tensor]) -> torch.Tensor:
+        return x if gamma is None else gamma * x
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        if self.post_norm:
+            x = x + self.drop_path(self._scale(self.ln1(self.att(x, grid)), self.gamma1))
+            x = x + self.drop_path(self._scale(self.ln2(self.ffn(x, grid)), self.gamma2))
+        else:
+            x = x + self.drop_path(self._scale(self.att(self.ln1(x), grid), self.gamma1))
+            x = x + self.drop_path(self._scale(self.ffn(self.ln2(x), grid), self.gamma2))
+        return x
+
+
+class VRWKV(nn.Module):
+    """Vision-RWKV with the timm model interface.
+
+    Args:
+        img_size: input size; sets the position-embedding grid.
+        patch_size: patch side.
+        in_chans: input channels.
+        num_classes: classifier outputs (0: no classifier).
+        global_pool: '' (tokens), 'avg' (official), 'max' or 'avgmax'.
+        embed_dim: width (official ``embed_dims``).
+        depth: number of blocks.
+        hidden_rate: Channel Mix hidden width as a multiple of ``embed_dim``.
+        channel_gamma: fraction of channels per Q-Shift direction.
+        shift_pixel: Q-Shift distance (0 disables the shift).
+        init_mode: 'fancy' (official), 'local' or 'global' initialisation of the mixing parameters.
+        post_norm: normalise branch outputs instead of branch inputs (official S/B/L).
+        key_norm: LayerNorm after Bi-WKV and after the squared ReLU (official L).
+        init_values: layer-scale initial value (None: no layer scale).
+        final_norm: LayerNorm ``ln1`` after the last block.
+        head_hidden_size: width of a fc + tanh pre-logits layer before the classifier (official L: 3072).
+        drop_rate: dropout before the classifier.
+        pos_drop_rate: dropout after adding the position embedding (official ``drop_rate``).
+        drop_path_rate: stochastic depth, linearly increasing over the blocks.
+        dynamic_img_size: accept any input size, resampling the position embedding.
+        dynamic_img_pad: pad inputs to a multiple of the patch size.
+        interpolate_mode: position-embedding resampling mode.
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 192,
+            depth: int = 12,
+            hidden_rate: float = 4,
+            channel_gamma: float = 0.25,
+            shift_pixel: int = 1,
+            init_mode: str = 'fancy',
+            post_norm: bool = False,
+            key_norm: bool = False,
+            init_values: Optional[float] = None,
+            final_norm: bool = True,
+            head_hidden_size: Optional[int] = None,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
+            interpolate_mode: str = 'bicubic',
+    ):
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f'global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}')
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 0
+        self.dynamic_img_size = dynamic_img_size
+        self.interpolate_mode = interpolate_mode
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            to_2tuple(img_size), patch_size, in_chans, embed_dim,
+            strict_img_size=not dynamic_img_size, dynamic_img_pad=dynamic_img_pad)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.layers = nn.ModuleList([
+            Block(embed_dim, i, depth, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm,
+                  post_norm, init_values, dpr[i])
+            for i in range(depth)])
+        self.ln1 = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
+        self.feature_info = [
+            dict(module=f'layers.{i}', num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
+
+        if head_hidden_size:
+            self.pre_logits = nn.Sequential(OrderedDict([
+                ('fc', nn.Linear(embed_dim, head_hidden_size)), ('act', nn.Tanh())]))
+            self.head_hidden_size = head_hidden_size
+        else:
+            self.pre_logits = nn.Identity()
+            self.head_hidden_size = embed_dim
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    # ---- timm model interface -------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {'pos_embed'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^pos_embed|patch_embed', blocks=[(r'^layers\.(\d+)', None), (r'^ln1', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f'global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}')
+            self.global_pool = global_pool
+        device, dtype = self.pos_embed.device, self.pos_embed.dtype
+        self.head = (nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
+                     if num_classes > 0 else nn.Identity())
+
+    # ---- forward ----------------------------------------------------------------------------
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Images (B, C, H, W) -> position-embedded tokens (B, N, D) and their grid."""
+        x, grid = self.patch_embed(x)
+        pos = resample_pos_embed(self.pos_embed, self.patch_embed.grid_size, grid, self.interpolate_mode)
+        return self.pos_drop(x + pos), grid
+
+    def _run_block(self, block: Block, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(block, x, grid, use_reentrant=False)
+        return block(x, grid)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, N, D) normalised tokens."""
+        x, grid = self._embed(x)
+        for block in self.layers:
+            x = self._run_block(block, x, grid)
+        return self.ln1(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens -> (B, D) with ``global_pool`` (tokens unchanged for '')."""
+        if self.global_pool == 'avg':
+            return x.mean(dim=1)
+        if self.global_pool == 'max':
+            return x.amax(dim=1)
+        if self.global_pool == 'avgmax':
+            return 0.5 * (x.mean(dim=1) + x.amax(dim=1))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, N, D) tokens -> (B, num_classes) logits, or pooled pre-logit features."""
+        x = self.pre_logits(self.pool(x))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Block outputs as in timm's ``VisionTransformer.forward_intermediates``.
+
+        Args:
+            x: (B, C, H, W) images.
+            indices: last n blocks if int, all if None, else the given block indices.
+            norm: apply the final norm to every intermediate.
+            stop_early: stop after the last requested block.
+            output_fmt: 'NCHW' (B, D, H', W') or 'NLC' (B, N, D).
+            intermediates_only: return only the intermediates.
+
+        Returns:
+            The list of intermediates, or (final normalised tokens, intermediates).
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        x, grid = self._embed(x)
+        blocks = self.layers[:max_index + 1] if stop_early else self.layers
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._run_block(block, x, grid)
+            if i in take_indices:
+                intermediates.append(self.ln1(x) if norm else x)
+        if output_fmt == 'NCHW':
+            B = x.shape[0]
+            intermediates = [y.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+                             for y in intermediates]
+        if intermediates_only:
+            return intermediates
+        return self.ln1(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last requested intermediate (and optionally norm and head)."""
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        if prune_norm:
+            self.ln1 = nn.Identity()
+        if prune_head:
+            self.pre_logits = nn.Identity()
+            self.head_hidden_size = self.embed_dim
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Official initialisation: truncated normal (std 0.02) linears with zero bias, unit LayerNorms.
+
+    The position embedding starts at zero and the mixing parameters keep their 'fancy' values, as in
+    the official classification configs.
+    """
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+_NON_BACKBONE_PREFIXES = (
+    'decode_head.', 'auxiliary_head.', 'neck.', 'data_preprocessor.',
+    # ViT-Adapter modules of the official segmentation / detection backbone
+    'spm.', 'interactions.', 'level_embed', 'up.', 'norm1.', 'norm2.', 'norm3.', 'norm4.',
+)
+_STRIP_PREFIXES = ('module.', 'model.', 'backbone.')
+
+
+def _unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    for key in ('state_dict', 'model', 'module'):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def _strip_prefix(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def _rename_head(key: str) -> str:
+    """Official classifier names -> ours: mmcls 'head.fc.*', InternImage-style L 'head.0/2.*'."""
+    if key.startswith('head.fc.'):
+        return 'head.' + key[len('head.fc.'):]
+    if key.startswith('head.0.'):
+        return 'pre_logits.fc.' + key[len('head.0.'):]
+    if key.startswith('head.2.'):
+        return 'head.' + key[len('head.2.'):]
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, torch.Tensor]:
+    """Convert an official Vision-RWKV checkpoint (or ours) to this model's state dict.
+
+    Accepts the mmcls classification format (``state_dict`` with ``backbone.*``, ``head.fc.*``),
+    the InternImage-style format of VRWKV-L (``model`` with ``head.0/2.*``), and mmseg / mmdet
+    checkpoints whose backbone is the official ``VRWKV_Adapter`` (adapter modules and decode heads
+    are dropped; their missing final norm and classifier keep this model's initial values). The
+    position embedding is resampled to the model's grid and the patch projection adapted to
+    ``in_chans``.
+    """
+    state_dict = _unwrap_state_dict(state_dict)
+    own = model.state_dict()
+    out = {}
+    for key, value in state_dict.items():
+        key = _rename_head(_strip_prefix(key))
+        if key.startswith(_NON_BACKBONE_PREFIXES):
+            continue
+        if key == 'pos_embed' and value.shape != own['pos_embed'].shape:
+            old = int(round(value.shape[1] ** 0.5))
+            if old * old != value.shape[1]:
+                raise ValueError(f'cannot infer the grid of a position embedding with {value.shape[1]} tokens')
+            value = resample_pos_embed(value, (old, old), model.patch_embed.grid_size, model.interpolate_mode)
+        elif key == 'patch_embed.projection.weight' and value.shape[1] != own[key].shape[1]:
+            value = adapt_input_conv(own[key].shape[1], value)
+        out[key] = value
+    backbone_only = not any(k.startswith(('head.', 'ln1.')) for k in out)
+    if backbone_only:
+        for key in own:
+            if key.startswith(('head.', 'pre_logits.', 'ln1.')) and key not in out:
+                _logger.info('checkpoint has no %s (backbone-only checkpoint); keeping the initial value', key)
+                out[key] = own[key]
+    return out
+
+
+# ---- registration -----------------------------------------------------------------------------
+def _create_vrwkv(variant: str, pretrained: bool = False, **kwargs) -> VRWKV:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        VRWKV, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(hf_hub_filename: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'hf_hub_id': 'OpenGVLab/Vision-RWKV' if hf_hub_filename else None,
+        'hf_hub_filename': hf_hub_filename or None,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.projection', 'classifier': 'head',
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.02308',
+        'origin_url': 'https://github.com/OpenGVLab/Vision-RWKV',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'vrwkv_tiny_patch16_224.in1k': _cfg('vrwkv_t_in1k_224.pth'),
+    'vrwkv_small_patch16_224.in1k': _cfg('vrwkv_s_in1k_224.pth'),
+    'vrwkv_base_patch16_224.in1k': _cfg('vrwkv_b_in1k_224.pth'),
+    'vrwkv_large_patch16_224': _cfg(),
+    'vrwkv_large_patch16_192.in22k': _cfg('vrwkv_l_in22k_192.pth', num_classes=21841, input_size=(3, 192, 192)),
+    'vrwkv_large_patch16_384.in22k_ft_in1k': _cfg('vrwkv_l_22kto1k_384.pth', input_size=(3, 384, 384)),
+})
+
+# Official architectures (classification configs of OpenGVLab/Vision-RWKV). Regularisation is a
+# training choice, as everywhere in timm: the official recipes use drop_path_rate 0 (T), 0.3 (S),
+# 0.5 (B) and 0.1 (L fine-tuning); pass it to timm.create_model.
+_TINY = dict(patch_size=16, embed_dim=192, depth=12)
+_SMALL = dict(patch_size=16, embed_dim=384, depth=12, post_norm=True, init_values=1.0)
+_BASE = dict(patch_size=16, embed_dim=768, depth=12, post_norm=True, init_values=1e-5)
+_LARGE = dict(patch_size=16, embed_dim=1024, depth=24, post_norm=True, init_values=1e-5, key_norm=True,
+              head_hidden_size=3072)
+
+
+@register_model
+def vrwkv_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VRWKV:
+    """VRWKV-T/16, 6.2M parameters, 75.1 top-1 on ImageNet-1K (official)."""
+    return _create_vrwkv('vrwkv_tiny_patch16_224', pretrained, **dict(_TINY, **kwargs))
+
+
+@register_model
+def vrwkv_small_patch16_224(pretrained: bool = False, **kwargs) -> VRWKV:
+    """VRWKV-S/16, 23.8M parameters, 80.1 top-1 on ImageNet-1K (official)."""
+    return _create_vrwkv('vrwkv_small_patch16_224', pretrained, **dict(_SMALL, **kwargs))
+
+
+@register_model
+def vrwkv_base_patch16_224(pretrained: bool = False, **kwargs) -> VRWKV:
+    """VRWKV-B/16, 93.7M parameters, 82.0 top-1 on ImageNet-1K (official)."""
+    return _create_vrwkv('vrwkv_base_patch16_224', pretrained, **dict(_BASE, **kwargs))
+
+
+@register_model
+def vrwkv_large_patch16_224(pretrained: bool = False, **kwargs) -> VRWKV:
+    """VRWKV-L/16 at 224 (no official weights at this size)."""
+    return _create_vrwkv('vrwkv_large_patch16_224', pretrained, **dict(_LARGE, **kwargs))
+
+
+@register_model
+def vrwkv_large_patch16_192(pretrained: bool = False, **kwargs) -> VRWKV:
+    """VRWKV-L/16 at 192, ImageNet-22K pre-training (official)."""
+    return _create_vrwkv('vrwkv_large_patch16_192', pretrained, **dict(_LARGE, img_size=192, **kwargs))
+
+
+@register_model
+def vrwkv_large_patch16_384(pretrained: bool = False, **kwargs) -> VRWKV:
+    """VRWKV-L/16 at 384, 334.9M parameters, 86.0 top-1 after ImageNet-22K pre-training (official)."""
+    return _create_vrwkv('vrwkv_large_patch16_384', pretrained, **dict(_LARGE, img_size=384, **kwargs))
