@@ -155,7 +155,7 @@ class VRWKV(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as torch.linspace
         self.layers = nn.ModuleList([
             Block(embed_dim, i, depth, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm,
                   post_norm, init_values, dpr[i])

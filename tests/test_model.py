@@ -1,0 +1,332 @@
+"""VRWKV backbones: official architecture, timm contract, checkpoints, bad input."""
+import math
+
+import pytest
+import timm
+import timm.optim
+import torch
+
+import vision_rwkv  # noqa: F401  (registers the models)
+from vision_rwkv.layers import q_shift
+from vision_rwkv.models import VRWKV, checkpoint_filter_fn
+
+from conftest import rel_err
+
+SMALL = dict(embed_dim=32, depth=3, img_size=64, num_classes=7)
+
+
+def tiny_model(**kwargs):
+    return VRWKV(**dict(SMALL, **kwargs)).eval()
+
+
+# ---- architecture ----------------------------------------------------------------------------
+@pytest.mark.parametrize('name,official_m', [
+    ('vrwkv_tiny_patch16_224', 6.2),
+    ('vrwkv_small_patch16_224', 23.8),
+    ('vrwkv_base_patch16_224', 93.7),
+    ('vrwkv_large_patch16_224', 334.9),
+])
+def test_parameter_counts_match_official_table(name, official_m):
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    # the official table rounds mmcv's two-decimal print (B: 93.65M -> 93.7M)
+    assert abs(count - official_m) <= 0.06
+
+
+def test_official_hyperparameters():
+    with torch.device('meta'):
+        tiny = timm.create_model('vrwkv_tiny_patch16_224')
+        small = timm.create_model('vrwkv_small_patch16_224')
+        large = timm.create_model('vrwkv_large_patch16_384')
+    assert not tiny.layers[0].post_norm and tiny.layers[0].gamma1 is None
+    assert small.layers[0].post_norm and small.layers[0].gamma1 is not None
+    assert large.layers[0].att.key_norm is not None and len(large.layers) == 24
+    assert large.pre_logits.fc.out_features == 3072 and large.patch_embed.grid_size == (24, 24)
+    assert tiny.layers[0].ffn.key.out_features == 4 * 192
+
+
+def test_official_parameter_names():
+    """Our names are the official backbone names (mmcls VRWKV), layer 0 shown exhaustively."""
+    model = tiny_model(init_values=1.0, key_norm=True)
+    layer0 = {k for k in model.state_dict() if k.startswith('layers.0.')}
+    expected = {f'layers.0.{n}' for n in [
+        'ln0.weight', 'ln0.bias', 'ln1.weight', 'ln1.bias', 'ln2.weight', 'ln2.bias', 'gamma1', 'gamma2',
+        'att.spatial_decay', 'att.spatial_first', 'att.spatial_mix_k', 'att.spatial_mix_v', 'att.spatial_mix_r',
+        'att.key.weight', 'att.value.weight', 'att.receptance.weight', 'att.output.weight',
+        'att.key_norm.weight', 'att.key_norm.bias',
+        'ffn.spatial_mix_k', 'ffn.spatial_mix_r', 'ffn.key.weight', 'ffn.receptance.weight', 'ffn.value.weight',
+        'ffn.key_norm.weight', 'ffn.key_norm.bias']}
+    assert layer0 == expected
+    top = {k for k in model.state_dict() if not k.startswith('layers.')}
+    assert top == {'patch_embed.projection.weight', 'patch_embed.projection.bias', 'pos_embed',
+                   'ln1.weight', 'ln1.bias', 'head.weight', 'head.bias'}
+
+
+def test_fancy_initialisation():
+    model = tiny_model()
+    C, n = 32, 3
+    att0, att2 = model.layers[0].att, model.layers[2].att
+    h = torch.arange(C) / (C - 1)
+    assert torch.allclose(att0.spatial_decay, -5 + 8 * h ** 0.7)
+    assert torch.allclose(att2.spatial_decay, -5 + 8 * h ** 2.0)
+    zigzag = torch.tensor([((i + 1) % 3 - 1) * 0.5 for i in range(C)])
+    assert torch.allclose(att0.spatial_first, math.log(0.3) + zigzag)
+    ramp = (torch.arange(C) / C).view(1, 1, C)
+    assert torch.allclose(att2.spatial_mix_k, ramp ** (1 - 2 / n))
+    assert torch.allclose(att2.spatial_mix_v, ramp ** (1 - 2 / n) + 0.3)
+    assert torch.allclose(model.layers[1].ffn.spatial_mix_r, ramp ** (1 - 1 / n))
+    assert torch.count_nonzero(model.pos_embed) == 0
+    big = VRWKV(embed_dim=256, depth=1, img_size=32)
+    std = big.layers[0].ffn.key.weight.std().item()
+    assert 0.015 < std < 0.022  # truncated normal, std 0.02 (truncation at +-2 shrinks it slightly)
+
+
+def test_q_shift_moves_each_group_from_its_neighbour():
+    B, H, W, C = 2, 5, 6, 9
+    x = torch.randn(B, H * W, C)
+    out = q_shift(x, (H, W)).view(B, H, W, C)
+    g = x.view(B, H, W, C)
+    for i in range(H):
+        for j in range(W):
+            def at(ii, jj, cs):
+                if 0 <= ii < H and 0 <= jj < W:
+                    return g[:, ii, jj, cs]
+                return torch.zeros_like(g[:, 0, 0, cs])
+            assert torch.equal(out[:, i, j, 0:2], at(i, j - 1, slice(0, 2)))
+            assert torch.equal(out[:, i, j, 2:4], at(i, j + 1, slice(2, 4)))
+            assert torch.equal(out[:, i, j, 4:6], at(i - 1, j, slice(4, 6)))
+            assert torch.equal(out[:, i, j, 6:8], at(i + 1, j, slice(6, 8)))
+            assert torch.equal(out[:, i, j, 8:], g[:, i, j, 8:])
+
+
+def spatial_mix_float64(att, x, grid):
+    """Spatial Mix written out in float64 from the official formulas, with the O(T^2) Bi-WKV."""
+    from vision_rwkv.kernels import bi_wkv_reference
+    p = {k: v.double() for k, v in att.state_dict().items()}
+    x = x.double()
+    xx = q_shift(x, grid)
+    mix = lambda m: x * m + xx * (1 - m)
+    k = mix(p['spatial_mix_k']) @ p['key.weight'].T
+    v = mix(p['spatial_mix_v']) @ p['value.weight'].T
+    r = mix(p['spatial_mix_r']) @ p['receptance.weight'].T
+    T = x.shape[1]
+    y = bi_wkv_reference(p['spatial_decay'] / T, p['spatial_first'] / T, k, v)
+    return (torch.sigmoid(r) * y) @ p['output.weight'].T
+
+
+def test_spatial_mix_matches_float64_formula():
+    model = tiny_model()
+    att = model.layers[1].att
+    for p in att.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 20, 32)
+    assert rel_err(att(x, (4, 5)), spatial_mix_float64(att, x, (4, 5))) < 1e-5
+
+
+# ---- timm contract ---------------------------------------------------------------------------
+def test_forward_features_head_and_classifier():
+    model = tiny_model()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 16, 32)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 32)
+    logits = model(x)
+    assert logits.shape == (2, 7)
+    assert torch.allclose(logits, model.get_classifier()(feats.mean(1)), atol=1e-6)
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
+    model.reset_classifier(0, '')
+    assert model(x).shape == (2, 16, 32)
+    with pytest.raises(ValueError, match='global_pool'):
+        model.reset_classifier(3, 'token')
+
+
+@pytest.mark.parametrize('pool', ['avg', 'max', 'avgmax'])
+def test_global_pool(pool):
+    model = tiny_model(global_pool=pool, num_classes=0)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 32)
+
+
+def test_large_style_pre_logits_head():
+    model = tiny_model(head_hidden_size=48)
+    x = torch.randn(2, 3, 64, 64)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 48)
+    assert model(x).shape == (2, 7)
+
+
+def test_timm_create_model_features_only():
+    model = timm.create_model('vrwkv_tiny_patch16_224', features_only=True, out_indices=(3, 7, 11))
+    feats = model(torch.randn(1, 3, 224, 224))
+    assert [f.shape for f in feats] == [(1, 192, 14, 14)] * 3
+    assert model.feature_info.channels() == [192] * 3
+    assert model.feature_info.reduction() == [16] * 3
+
+
+def test_timm_create_model_options():
+    model = timm.create_model('vrwkv_tiny_patch16_224', num_classes=10, in_chans=1, img_size=96,
+                              drop_path_rate=0.1, global_pool='max')
+    assert model(torch.randn(2, 1, 96, 96)).shape == (2, 10)
+    assert model.pretrained_cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN
+    cfg = timm.data.resolve_data_config({}, model=timm.create_model('vrwkv_large_patch16_384', pretrained=False))
+    assert cfg['input_size'] == (3, 384, 384) and cfg['interpolation'] == 'bicubic'
+    assert set(timm.list_models('vrwkv_*')) >= {
+        'vrwkv_tiny_patch16_224', 'vrwkv_small_patch16_224', 'vrwkv_base_patch16_224',
+        'vrwkv_large_patch16_224', 'vrwkv_large_patch16_192', 'vrwkv_large_patch16_384'}
+    assert 'vrwkv_tiny_patch16_224.in1k' in timm.list_pretrained('vrwkv_*')
+
+
+def test_forward_intermediates():
+    model = tiny_model()
+    x = torch.randn(2, 3, 64, 64)
+    final, inter = model.forward_intermediates(x)
+    assert torch.allclose(final, model.forward_features(x), atol=1e-6)
+    assert len(inter) == 3 and inter[0].shape == (2, 32, 4, 4)
+    nlc = model.forward_intermediates(x, indices=[0, 2], output_fmt='NLC', intermediates_only=True, norm=True)
+    assert [t.shape for t in nlc] == [(2, 16, 32)] * 2
+    assert torch.allclose(nlc[1], final, atol=1e-6)
+    early = model.forward_intermediates(x, indices=1, stop_early=True, intermediates_only=True)
+    assert torch.allclose(early[0], inter[2])
+    kept = model.prune_intermediate_layers([1])
+    assert kept == [1] and len(model.layers) == 2
+    assert model(x).shape == (2, 16, 32)  # pruned head: no pooling, no classifier
+
+
+def test_dynamic_img_size_and_padding():
+    strict = tiny_model()
+    with pytest.raises(ValueError, match='does not match the model'):
+        strict(torch.randn(1, 3, 80, 64))
+    dynamic = tiny_model(dynamic_img_size=True)
+    dynamic.load_state_dict(strict.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(dynamic(x), strict(x), atol=1e-6)
+    assert dynamic(torch.randn(1, 3, 80, 48)).shape == (1, 7)
+    with pytest.raises(ValueError, match='not divisible by the patch size'):
+        dynamic(torch.randn(1, 3, 70, 48))
+    padded = tiny_model(dynamic_img_size=True, dynamic_img_pad=True)
+    assert padded.forward_intermediates(torch.randn(1, 3, 70, 48), intermediates_only=True)[0].shape == (1, 32, 5, 3)
+
+
+def test_bad_images_raise_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r'expected images of shape \(B, 3, H, W\)'):
+        model(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match=r'expected images'):
+        model(torch.randn(3, 64, 64))
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    model = tiny_model(drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for g, r in zip((p.grad for p in model.parameters()), ref):
+        assert torch.allclose(g, r, atol=1e-5, rtol=1e-4)
+
+
+def test_optimizer_groups_with_layer_decay():
+    model = tiny_model()
+    assert model.no_weight_decay() == {'pos_embed'}
+    opt = timm.optim.create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    scales = {g['lr_scale'] for g in opt.param_groups}
+    assert len(scales) == 5  # stem, 3 blocks, head
+
+
+def test_training_steps_reduce_loss():
+    model = tiny_model(num_classes=2).train()
+    x = torch.randn(8, 3, 64, 64)
+    y = torch.tensor([0, 1] * 4)
+    x[y == 1] += 0.5
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_bf16_autocast_forward():
+    model = tiny_model()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 64, 64))
+    assert torch.isfinite(out).all()
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+def official_classification_checkpoint(model):
+    """An mmcls-format checkpoint as the official release writes it."""
+    state = {}
+    for k, v in model.state_dict().items():
+        state['head.fc.' + k[5:] if k.startswith('head.') else 'backbone.' + k] = v.clone()
+    return {'meta': {'epoch': 300}, 'state_dict': state}
+
+
+def test_filter_loads_official_classification_checkpoint(tmp_path):
+    src = tiny_model()
+    for p in src.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    ckpt = official_classification_checkpoint(src)
+    assert 'backbone.layers.0.att.spatial_decay' in ckpt['state_dict'] and 'head.fc.weight' in ckpt['state_dict']
+    dst = tiny_model()
+    dst.load_state_dict(checkpoint_filter_fn(ckpt, dst))
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(dst(x), src(x))
+
+
+def test_filter_loads_internimage_large_format():
+    src = tiny_model(head_hidden_size=48, key_norm=True, post_norm=True, init_values=1e-5)
+    state = {}
+    for k, v in src.state_dict().items():
+        k = k.replace('pre_logits.fc.', 'head.0.') if k.startswith('pre_logits.') else k
+        k = 'head.2.' + k[5:] if k.startswith('head.') and not k.startswith('head.0.') else k
+        state[k if k.startswith('head.') else 'backbone.' + k] = v
+    dst = tiny_model(head_hidden_size=48, key_norm=True, post_norm=True, init_values=1e-5)
+    dst.load_state_dict(checkpoint_filter_fn({'model': state}, dst))
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(dst(x), src(x))
+
+
+def test_filter_loads_mmseg_adapter_backbone():
+    src = tiny_model(init_values=1.0)
+    state = {'backbone.' + k: v for k, v in src.state_dict().items() if not k.startswith(('ln1.', 'head.'))}
+    state.update({
+        'backbone.level_embed': torch.zeros(3, 32), 'backbone.spm.stem.0.weight': torch.zeros(64, 3, 3, 3),
+        'backbone.interactions.0.injector.gamma': torch.zeros(32), 'backbone.up.weight': torch.zeros(32, 32, 2, 2),
+        'backbone.norm1.weight': torch.zeros(32), 'decode_head.conv_seg.weight': torch.zeros(150, 512, 1, 1),
+        'auxiliary_head.conv_seg.weight': torch.zeros(150, 256, 1, 1)})
+    dst = tiny_model(init_values=1.0)
+    dst.load_state_dict(checkpoint_filter_fn({'state_dict': state, 'meta': {}}, dst))
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(dst.forward_intermediates(x, intermediates_only=True)[-1],
+                       src.forward_intermediates(x, intermediates_only=True)[-1])
+
+
+def test_filter_resamples_pos_embed_and_adapts_in_chans():
+    src = tiny_model()
+    dst = tiny_model(img_size=96, in_chans=1)
+    state = checkpoint_filter_fn(official_classification_checkpoint(src), dst)
+    dst.load_state_dict(state)
+    assert state['pos_embed'].shape == (1, 36, 32)
+    assert state['patch_embed.projection.weight'].shape == (32, 1, 16, 16)
+
+
+def test_timm_pretrained_from_official_file(tmp_path):
+    """timm's own pretrained path (weights_only=True) with an official-format file."""
+    src = timm.create_model('vrwkv_tiny_patch16_224').eval()
+    for p in src.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    path = tmp_path / 'vrwkv_t_in1k_224.pth'
+    torch.save(official_classification_checkpoint(src), path)
+    model = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.equal(model(x), src(x))
+    finetune = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, num_classes=5,
+                                 pretrained_cfg_overlay=dict(file=str(path)))
+    assert finetune(x).shape == (1, 5)
