@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 #: Largest chunk length, and the bound on chunk_len * max|w| that sets it for large decays.
-MAX_CHUNK = 32
+MAX_CHUNK = 64
 MAX_CHUNK_DECAY = 8.0
 
 
@@ -97,10 +97,10 @@ def decay_scan(
 
 
 def _bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, chunk_len: int):
-    """Left-to-right and right-to-left exclusive scans of the same inputs."""
-    fwd = decay_scan(z, x, w, chunk_len)
-    s, l = decay_scan(z.flip(1), x.flip(1), w, chunk_len)
-    return fwd, (s.flip(1), l.flip(1))
+    """Left-to-right and right-to-left exclusive scans of the same inputs, batched in one scan."""
+    B = z.shape[0]
+    s, l = decay_scan(torch.cat([z, z.flip(1)]), torch.cat([x, x.flip(1)]), w, chunk_len)
+    return (s[:B], l[:B]), (s[B:].flip(1), l[B:].flip(1))
 
 
 def _ratio_and_log(s: torch.Tensor, l: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -189,6 +189,6 @@ def bi_wkv_torch_backward(
     gv = s1
     gk = v * s1 - s2
     gu = (e_d * gy * (v - y)).sum(dim=(0, 1))
-    gw = _decay_weighted_grad(k, v, w, y, q, gy, chunk_len) + _decay_weighted_grad(
-        k.flip(1), v.flip(1), w, y.flip(1), q.flip(1), gy.flip(1), chunk_len)
+    both = lambda t: torch.cat([t, t.flip(1)])  # both scan directions as one batch
+    gw = _decay_weighted_grad(both(k), both(v), w, both(y), both(q), both(gy), chunk_len)
     return gw, gu, gk, gv
