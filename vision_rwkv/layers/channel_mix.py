@@ -4,7 +4,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from .shift import q_shift
+from .shift import shift_mix
 from .token_mix import channel_mix_init
 
 
@@ -40,12 +40,8 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
-        if self.shift_pixel > 0:
-            xx = q_shift(x, grid, self.shift_pixel, self.channel_gamma)
-            xk = torch.lerp(xx, x, self.spatial_mix_k)
-            xr = torch.lerp(xx, x, self.spatial_mix_r)
-        else:
-            xk = xr = x
+        mixes = (self.spatial_mix_k, self.spatial_mix_r) if self.shift_pixel > 0 else (None,) * 2
+        xk, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma)
         k = torch.square(torch.relu(self.key(xk)))
         if self.key_norm is not None:
             k = self.key_norm(k)

@@ -36,3 +36,24 @@ def q_shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int = 1, gamma:
     out[:, :H - s, :, 3 * g:4 * g] = x[:, s:, :, 3 * g:4 * g]
     out[..., 4 * g:] = x[..., 4 * g:]
     return out.view(B, N, C)
+
+
+def shift_mix(
+        x: torch.Tensor,
+        grid: Tuple[int, int],
+        mixes: Tuple[torch.Tensor, ...],
+        shift_pixel: int,
+        gamma: float,
+) -> Tuple[torch.Tensor, ...]:
+    """Interpolate tokens with their Q-shifted copy, once per mixing ratio: x * m + q_shift(x) * (1 - m).
+
+    Args:
+        x: (B, N, C) tokens; grid: (H, W); mixes: (1, 1, C) ratios; shift_pixel 0 returns x per ratio.
+
+    Returns:
+        One (B, N, C) tensor per ratio.
+    """
+    if shift_pixel <= 0:
+        return (x,) * len(mixes)
+    xx = q_shift(x, grid, shift_pixel, gamma)
+    return tuple(torch.lerp(xx, x, m) for m in mixes)

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from vision_rwkv.kernels import bi_wkv
 
-from .shift import q_shift
+from .shift import shift_mix
 from .token_mix import spatial_mix_init
 
 
@@ -45,13 +45,8 @@ class SpatialMix(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
-        if self.shift_pixel > 0:
-            xx = q_shift(x, grid, self.shift_pixel, self.channel_gamma)
-            xk = torch.lerp(xx, x, self.spatial_mix_k)
-            xv = torch.lerp(xx, x, self.spatial_mix_v)
-            xr = torch.lerp(xx, x, self.spatial_mix_r)
-        else:
-            xk = xv = xr = x
+        mixes = (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r) if self.shift_pixel > 0 else (None,) * 3
+        xk, xv, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma)
         k = self.key(xk)
         v = self.value(xv)
         sr = torch.sigmoid(self.receptance(xr))
