@@ -330,3 +330,15 @@ def test_timm_pretrained_from_official_file(tmp_path):
     finetune = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, num_classes=5,
                                  pretrained_cfg_overlay=dict(file=str(path)))
     assert finetune(x).shape == (1, 5)
+
+
+@pytest.mark.parametrize('init_mode,decay,mix', [('local', 1.0, 1.0), ('global', 0.0, 0.5)])
+def test_other_init_modes_and_no_shift(init_mode, decay, mix):
+    model = tiny_model(init_mode=init_mode)
+    assert torch.all(model.layers[1].att.spatial_decay == decay)
+    assert torch.all(model.layers[1].ffn.spatial_mix_r == mix)
+    no_shift = tiny_model(shift_pixel=0)
+    assert not [k for k in no_shift.state_dict() if 'spatial_mix' in k]
+    assert no_shift(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    with pytest.raises(ValueError, match='init_mode'):
+        tiny_model(init_mode='xavier')
