@@ -40,8 +40,11 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
-        mixes = (self.spatial_mix_k, self.spatial_mix_r) if self.shift_pixel > 0 else (None,) * 2
-        xk, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma)
+        if self.shift_pixel > 0:
+            mixes = (self.spatial_mix_k, self.spatial_mix_r)
+            xk, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma)
+        else:
+            xk = xr = x
         k = torch.square(torch.relu(self.key(xk)))
         if self.key_norm is not None:
             k = self.key_norm(k)

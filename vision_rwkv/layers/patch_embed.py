@@ -37,13 +37,6 @@ class PatchEmbed(nn.Module):
         self.dynamic_img_pad = dynamic_img_pad
         self.projection = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def dynamic_feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
-        """Patch grid (H, W) for an input of spatial size ``img_size``."""
-        p = self.patch_size[0]
-        if self.dynamic_img_pad:
-            return -(-img_size[0] // p), -(-img_size[1] // p)
-        return img_size[0] // p, img_size[1] // p
-
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """x: (B, in_chans, H, W) -> tokens (B, N, embed_dim) in row-major order and grid (H', W')."""
         if x.dim() != 4 or x.shape[1] != self.projection.in_channels:

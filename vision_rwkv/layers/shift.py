@@ -48,12 +48,10 @@ def shift_mix(
     """Interpolate tokens with their Q-shifted copy, once per mixing ratio: x * m + q_shift(x) * (1 - m).
 
     Args:
-        x: (B, N, C) tokens; grid: (H, W); mixes: (1, 1, C) ratios; shift_pixel 0 returns x per ratio.
+        x: (B, N, C) tokens; grid: (H, W); mixes: (1, 1, C) ratios; shift_pixel, gamma: as ``q_shift``.
 
     Returns:
         One (B, N, C) tensor per ratio.
     """
-    if shift_pixel <= 0:
-        return (x,) * len(mixes)
     xx = q_shift(x, grid, shift_pixel, gamma)
     return tuple(torch.lerp(xx, x, m) for m in mixes)

@@ -45,8 +45,11 @@ class SpatialMix(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
-        mixes = (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r) if self.shift_pixel > 0 else (None,) * 3
-        xk, xv, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma)
+        if self.shift_pixel > 0:
+            mixes = (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r)
+            xk, xv, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma)
+        else:
+            xk = xv = xr = x
         k = self.key(xk)
         v = self.value(xv)
         sr = torch.sigmoid(self.receptance(xr))

@@ -53,7 +53,6 @@ class Block(nn.Module):
             drop_path: float = 0.,
     ):
         super().__init__()
-        self.layer_id = layer_id
         self.post_norm = post_norm
         self.ln0 = nn.LayerNorm(dim) if layer_id == 0 else None
         self.ln1 = nn.LayerNorm(dim)
