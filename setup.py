@@ -17,12 +17,13 @@ TORCHVISION = 'torchvision==0.28.0'
 setup(
     name='vision_rwkv',
     version=version['__version__'],
-    description='RWKV vision backbones with Triton bidirectional WKV kernels, for timm and mmsegmentation',
+    description='RWKV vision backbones with Triton bidirectional WKV kernels, for timm, mmengine and mmsegmentation',
     long_description=(ROOT / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.10',
-    packages=['vision_rwkv', 'vision_rwkv.layers', 'vision_rwkv.models', 'vision_rwkv.kernels'],
+    packages=['vision_rwkv', 'vision_rwkv.data', 'vision_rwkv.engine', 'vision_rwkv.layers', 'vision_rwkv.models',
+              'vision_rwkv.kernels'],
     package_dir={'vision_rwkv.kernels': 'kernels'},
     install_requires=[
         TORCH,
@@ -30,9 +31,13 @@ setup(
         'triton>=3.2',
         'timm>=1.0.15,<1.1',
         'numpy',
+        'pillow',
+        'matplotlib',
+        # the training tools (tools/train.py, tools/test.py) run on mmengine's Runner
+        'mmengine==0.10.7',
     ],
     extras_require={
         'dev': ['pytest>=8', 'pytest-timeout'],
-        'seg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'mmcv==2.1.0', 'opencv-python-headless'],
+        'seg': ['mmsegmentation==1.2.2', 'mmcv==2.1.0', 'opencv-python-headless'],
     },
 )

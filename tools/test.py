@@ -1,0 +1,44 @@
+"""Evaluate a checkpoint with an mmengine config (the config's test_dataloader and test_evaluator).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out metrics.json] [--cfg-options k=v ...]
+    torchrun --nproc_per_node=N tools/test.py CONFIG CHECKPOINT --launcher pytorch
+
+Flags and behaviour follow mmsegmentation's tools/test.py.
+"""
+import argparse
+import json
+
+from mmengine.config import DictAction
+
+from vision_rwkv.engine.checkpoint import atomic_write
+from vision_rwkv.engine.launch import build_runner, load_config, run_tool, setup_launcher
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Evaluate a checkpoint with an mmengine config')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (loaded with weights_only=True)')
+    parser.add_argument('--work-dir', help='directory for the evaluation log')
+    parser.add_argument('--out', help='write the metrics to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. test_dataloader.batch_size=8 (keys must exist)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
+    setup_launcher(cfg, args.launcher, args.local_rank)
+    cfg.load_from = args.checkpoint
+    runner = build_runner(cfg)
+    metrics = runner.test()
+    if runner.rank == 0:
+        print('metrics: ' + '  '.join(f'{k}: {v:.2f}' for k, v in metrics.items()), flush=True)
+        if args.out:
+            atomic_write(json.dumps(metrics, indent=1).encode(), args.out)
+
+
+if __name__ == '__main__':
+    run_tool(main)

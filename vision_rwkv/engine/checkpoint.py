@@ -1,0 +1,95 @@
+"""Safe checkpoints for mmengine runs: atomic writes and ``torch.load(weights_only=True)`` reads.
+
+* ``AtomicLocalBackend`` (file backend ``'local_atomic'``, used by ``CheckpointHook`` through
+  ``backend_args``) writes to a temporary file in the same folder, fsyncs and renames, so a run
+  killed while saving leaves the previous checkpoint and ``last_checkpoint`` intact.
+* Importing this module makes mmengine load local checkpoints with ``weights_only=True``
+  (no arbitrary code from pickles) and report a truncated or unsafe file by its path.
+* ``PortableCheckpointHook`` stores mmengine's log history (``HistoryBuffer`` objects, numpy arrays)
+  as plain lists in the checkpoint and rebuilds it on resume, which is what makes mmengine's own
+  checkpoints loadable with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import torch
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.registry import HOOKS
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+def atomic_write(data: bytes, path: Union[str, Path]) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@register_backend('local_atomic')
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend with atomic ``put`` and ``put_text``."""
+
+    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
+        atomic_write(obj, filepath)
+
+    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
+        atomic_write(obj.encode(encoding), filepath)
+
+
+def load_local_checkpoint(filename: str, map_location=None) -> dict:
+    """``torch.load(filename, weights_only=True)`` with errors that name the file and the cause."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint {filename} does not exist')
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise RuntimeError(f'checkpoint {filename} holds Python objects that weights_only=True refuses '
+                           f'to load; re-save it as tensors and plain containers. ({e})') from e
+    except (RuntimeError, EOFError) as e:
+        raise RuntimeError(f'checkpoint {filename} is truncated or corrupt: {e}') from e
+
+
+CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+
+
+def history_to_plain(buffer: HistoryBuffer) -> dict:
+    """A ``HistoryBuffer`` as plain lists (loadable with ``weights_only=True``)."""
+    values, counts = buffer.data
+    return dict(log_history=values.tolist(), count_history=counts.tolist(), max_length=buffer.max_length)
+
+
+@HOOKS.register_module()
+class PortableCheckpointHook(Hook):
+    """Keeps mmengine checkpoints free of pickled objects: log history goes in and out as lists."""
+    priority = 'LOWEST'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
+        for key, value in scalars.items():
+            if isinstance(value, HistoryBuffer):
+                scalars[key] = history_to_plain(value)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
+        for key, value in scalars.items():
+            if isinstance(value, dict) and 'log_history' in value:
+                scalars[key] = HistoryBuffer(**value)

@@ -1,0 +1,91 @@
+"""mmengine model that trains any timm classifier by name (VRWKV and baselines share one recipe)."""
+from __future__ import annotations
+
+import difflib
+from typing import Optional
+
+import timm
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS
+from timm.data import Mixup
+
+from .errors import ConfigError
+
+
+def create_timm_model(model_name: str, **kwargs) -> torch.nn.Module:
+    """``timm.create_model`` with clear errors for an unknown name or an argument the model rejects."""
+    if not timm.is_model(model_name):
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f' Did you mean: {", ".join(close)}?' if close else ''
+        raise ConfigError(f'unknown timm model {model_name!r}.{hint} '
+                          "(VRWKV models are registered by `import vision_rwkv`; list them with "
+                          "timm.list_models('vrwkv*'))")
+    try:
+        return timm.create_model(model_name, **kwargs)
+    except TypeError as e:
+        if 'unexpected keyword argument' not in str(e):
+            raise
+        raise ConfigError(f'timm model {model_name!r} does not accept one of {sorted(kwargs)}: {e}') from e
+
+
+@MODELS.register_module()
+class TimmClassifier(BaseModel):
+    """Image classifier around ``timm.create_model(model_name, num_classes=..., **model_kwargs)``.
+
+    Args:
+        model_name: any timm model name, e.g. ``'vrwkv_tiny_patch16_224'`` or ``'vit_tiny_patch16_224'``.
+        num_classes: classifier outputs; checked against the data set before training.
+        model_kwargs: further ``timm.create_model`` arguments (``drop_path_rate``, ``img_size``, ...).
+        label_smoothing: label smoothing of the cross-entropy loss (also used by Mixup's targets).
+        mixup: arguments of ``timm.data.Mixup`` (``mixup_alpha``, ``cutmix_alpha``, ``prob``,
+            ``switch_prob``, ...), applied to training batches; ``None`` disables it.
+        data_preprocessor: mmengine data preprocessor config (moves batches to the device).
+
+    Batches are ``dict(inputs=(B, 3, H, W) float, labels=(B,) int64)``. ``forward`` modes follow
+    mmengine: ``'loss'`` → ``dict(loss=...)``, ``'predict'`` → one ``dict(pred_score=(num_classes,),
+    gt_label=int)`` per image, ``'tensor'`` → logits (B, num_classes).
+    """
+
+    def __init__(self, model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
+                 label_smoothing: float = 0.0, mixup: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None):
+        super().__init__(data_preprocessor=data_preprocessor)
+        self.model_name = model_name
+        self.num_classes = num_classes
+        self.model = create_timm_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
+        self.label_smoothing = label_smoothing
+        self.mixup = Mixup(**{'label_smoothing': label_smoothing, **mixup, 'num_classes': num_classes}) \
+            if mixup else None
+
+    def forward(self, inputs: torch.Tensor, labels: Optional[torch.Tensor] = None, mode: str = 'tensor'):
+        if mode == 'tensor':
+            return self.model(inputs)
+        if labels is None:
+            raise ValueError(f"mode {mode!r} needs labels")
+        if mode == 'loss':
+            return dict(loss=self.loss(inputs, labels))
+        if mode == 'predict':
+            scores = self.model(inputs).float().softmax(dim=-1)
+            return [dict(pred_score=s, gt_label=int(y)) for s, y in zip(scores, labels)]
+        raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}")
+
+    def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with label smoothing, or soft-target cross-entropy on Mixup/CutMix batches."""
+        if self.mixup is not None and self.training and len(inputs) % 2 == 0:
+            inputs, targets = self.mixup(inputs, labels)
+            logits = self.model(inputs).float()
+            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        logits = self.model(inputs).float()
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if self.training else 0.0)
+
+    def layer_ids(self) -> dict[str, int]:
+        """Depth index of every parameter for layer-wise lr decay: 0 = stem, larger = closer to the head.
+
+        Uses the timm model's ``group_matcher``; parameters it does not match (the head) get the top index.
+        """
+        from timm.models import group_parameters
+        ids = group_parameters(self.model, self.model.group_matcher(coarse=False), reverse=True)
+        top = max(ids.values(), default=0)
+        return {f'model.{n}': ids.get(n, top) for n, _ in self.model.named_parameters()}

@@ -1,0 +1,99 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: config loading, launchers and clear errors."""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import sys
+from typing import Callable, Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from ..data.image_folder import CorruptImageError, DatasetError
+from .config_check import check_cfg_options, check_config
+from .errors import ConfigError
+
+# Errors that are the user's input, printed as one line instead of a traceback.
+USER_ERRORS = (ConfigError, DatasetError, CorruptImageError, FileNotFoundError, FileExistsError)
+
+
+def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str]) -> Config:
+    """Read ``path``, merge validated ``--cfg-options`` and choose the work dir as mmsegmentation does.
+
+    The work dir is ``work_dir``, else the config's ``work_dir``, else ``./work_dirs/<config name>``.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file {path} does not exist')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        check_cfg_options(cfg, cfg_options)
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    _import_custom_modules(cfg)
+    check_config(cfg)
+    return cfg
+
+
+def _import_custom_modules(cfg: Config) -> None:
+    """Import ``custom_imports`` now, so registries are complete when the config is checked."""
+    from mmengine.utils import import_modules_from_strings
+    custom = cfg.get('custom_imports')
+    if custom:
+        import_modules_from_strings(**custom)
+
+
+def setup_launcher(cfg: Config, launcher: str, local_rank: int = 0) -> None:
+    """Set ``cfg.launcher``; on machines without CUDA, run distributed jobs with gloo on CPU.
+
+    mmengine's PyTorch launcher pins a CUDA device and wraps the model with ``device_ids``; for CPU
+    processes (``torchrun --nproc_per_node=N ... --launcher pytorch`` on a CPU machine) the process
+    group is created here with gloo and DDP gets ``device_ids=None``.
+    """
+    os.environ.setdefault('LOCAL_RANK', str(local_rank))
+    cfg.launcher = launcher
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    if launcher != 'pytorch':
+        raise ConfigError(f'--launcher {launcher} needs CUDA; on CPU use torchrun with --launcher pytorch')
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend='gloo')
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                                                   find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def enable_amp(cfg: Config) -> None:
+    """``--amp``: mixed precision through mmengine's ``AmpOptimWrapper`` (CUDA only)."""
+    if not torch.cuda.is_available():
+        raise ConfigError('--amp needs a CUDA device (mixed precision is not used on CPU); drop --amp')
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper == 'AmpOptimWrapper':
+        print('AMP is already enabled in the config', flush=True)
+    elif wrapper != 'OptimWrapper':
+        raise ConfigError(f'--amp works with optim_wrapper.type=OptimWrapper, not {wrapper}')
+    else:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The config's ``runner_type`` if it names one, else mmengine's ``Runner``."""
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def run_tool(main: Callable[[], None]) -> None:
+    """Run a tool's ``main``; errors in the user's input end the process with one line and exit code 2."""
+    try:
+        main()
+    except USER_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        sys.exit(2)
