@@ -4,6 +4,7 @@ import io
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -162,6 +163,7 @@ def test_checkpoints_round_trip_with_weights_only(tmp_path):
     hub = MessageHub.get_instance(f'test_{random.random()}')
     for i in range(5):
         hub.update_scalar('train/loss', 1.0 / (i + 1))
+    hub.update_info('eta', np.float64(12.5))
     checkpoint = dict(meta=dict(epoch=1, iter=5, dataset_meta=dict(classes=('a', 'b'))),
                       state_dict=dict(w=torch.randn(3)), message_hub=hub.state_dict())
     hook = PortableCheckpointHook()
@@ -176,6 +178,7 @@ def test_checkpoints_round_trip_with_weights_only(tmp_path):
     assert isinstance(buffer, HistoryBuffer)
     assert buffer.data[0].tolist() == pytest.approx([1.0, 1 / 2, 1 / 3, 1 / 4, 1 / 5])
     assert torch.equal(loaded['state_dict']['w'], checkpoint['state_dict']['w'])
+    assert loaded['message_hub']['runtime_info']['eta'] == 12.5
 
 
 def test_unsafe_or_truncated_checkpoints_are_named(tmp_path):

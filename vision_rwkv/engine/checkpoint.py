@@ -16,8 +16,9 @@ import os.path as osp
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
+import numpy as np
 import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import Hook
@@ -77,16 +78,34 @@ def history_to_plain(buffer: HistoryBuffer) -> dict:
     return dict(log_history=values.tolist(), count_history=counts.tolist(), max_length=buffer.max_length)
 
 
+def numpy_to_plain(obj: Any) -> Any:
+    """Numpy scalars and arrays inside dicts, lists and tuples replaced by Python numbers and lists."""
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return type(obj)((k, numpy_to_plain(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(numpy_to_plain(v) for v in obj)
+    return obj
+
+
 @HOOKS.register_module()
 class PortableCheckpointHook(Hook):
-    """Keeps mmengine checkpoints free of pickled objects: log history goes in and out as lists."""
+    """Keeps mmengine checkpoints free of pickled objects: log history goes in and out as lists,
+    numpy numbers in the run's metadata (ETA, metrics) are stored as Python numbers."""
     priority = 'LOWEST'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
+        hub = checkpoint.get('message_hub', {})
+        scalars = hub.get('log_scalars', {})
         for key, value in scalars.items():
             if isinstance(value, HistoryBuffer):
                 scalars[key] = history_to_plain(value)
+        for key in ('runtime_info', 'resumed_keys'):
+            if key in hub:
+                hub[key] = numpy_to_plain(hub[key])
+        if 'meta' in checkpoint:
+            checkpoint['meta'] = numpy_to_plain(checkpoint['meta'])
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
