@@ -8,22 +8,16 @@ Flags and behaviour follow mmsegmentation's tools/test.py.
 import argparse
 import json
 
-from mmengine.config import DictAction
-
 from vision_rwkv.engine.checkpoint import atomic_write
-from vision_rwkv.engine.launch import build_runner, load_config, run_tool, setup_launcher
+from vision_rwkv.engine.launch import add_common_args, build_runner, load_config, run_tool, setup_launcher
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Evaluate a checkpoint with an mmengine config')
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='checkpoint file (loaded with weights_only=True)')
-    parser.add_argument('--work-dir', help='directory for the evaluation log')
     parser.add_argument('--out', help='write the metrics to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. test_dataloader.batch_size=8 (keys must exist)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_common_args(parser)
     return parser.parse_args()
 
 

@@ -11,22 +11,17 @@ import json
 import os.path as osp
 import time
 
-from mmengine.config import DictAction
-
-from vision_rwkv.engine.launch import build_runner, enable_amp, load_config, run_tool, setup_launcher
+from vision_rwkv.engine.launch import (add_common_args, build_runner, enable_amp, load_config, run_tool,
+                                       setup_launcher)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Train a model from an mmengine config')
     parser.add_argument('config', help='config file path')
-    parser.add_argument('--work-dir', help='directory for logs, checkpoints and curves')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or (without a value) from the newest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (CUDA)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. train_cfg.max_epochs=5 (keys must exist)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_common_args(parser)
     return parser.parse_args()
 
 

@@ -3,6 +3,7 @@
 # validation top-1.
 _base_ = [
     '../_base_/datasets/shapes_cls_32.py',
+    '../_base_/schedules/imagenet_bs1024_adamw_300e.py',
     '../_base_/default_runtime.py',
 ]
 model = dict(
@@ -13,21 +14,15 @@ model = dict(
     label_smoothing=0.1,
 )
 max_epochs = 18
-optim_wrapper = dict(
-    type='OptimWrapper',
-    constructor='LayerDecayOptimWrapperConstructor',
-    optimizer=dict(type='AdamW', lr=3e-3, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
-    clip_grad=dict(max_norm=5.0),
-)
+# the ImageNet schedule's optimizer at lr 3e-3 (batch 64), one warm-up epoch, 18 epochs
+optim_wrapper = dict(optimizer=dict(lr=3e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-2, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=1, end=max_epochs,
          convert_to_iter_based=True),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
-val_cfg = dict()
-test_cfg = dict()
+train_cfg = dict(max_epochs=max_epochs)
+auto_scale_lr = dict(base_batch_size=64)
 custom_hooks = [
     dict(type='PortableCheckpointHook'),
     dict(type='ClassNumCheckHook'),

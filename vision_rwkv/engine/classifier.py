@@ -6,10 +6,10 @@ from typing import Optional
 
 import timm
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from .errors import ConfigError
 
@@ -55,9 +55,11 @@ class TimmClassifier(BaseModel):
         self.model_name = model_name
         self.num_classes = num_classes
         self.model = create_timm_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
-        self.label_smoothing = label_smoothing
         self.mixup = Mixup(**{'label_smoothing': label_smoothing, **mixup, 'num_classes': num_classes}) \
             if mixup else None
+        self.mixup_loss = SoftTargetCrossEntropy()
+        self.hard_loss = LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing > 0 \
+            else torch.nn.CrossEntropyLoss()
 
     def forward(self, inputs: torch.Tensor, labels: Optional[torch.Tensor] = None, mode: str = 'tensor'):
         if mode == 'tensor':
@@ -72,13 +74,11 @@ class TimmClassifier(BaseModel):
         raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}")
 
     def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy with label smoothing, or soft-target cross-entropy on Mixup/CutMix batches."""
+        """timm's label-smoothing cross-entropy, or its soft-target cross-entropy on Mixup/CutMix batches."""
         if self.mixup is not None and self.training and len(inputs) % 2 == 0:
-            inputs, targets = self.mixup(inputs, labels)
-            logits = self.model(inputs).float()
-            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        logits = self.model(inputs).float()
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if self.training else 0.0)
+            inputs, targets = self.mixup(inputs, labels)  # timm's Mixup needs an even batch
+            return self.mixup_loss(self.model(inputs).float(), targets)
+        return self.hard_loss(self.model(inputs).float(), labels)
 
     def layer_ids(self) -> dict[str, int]:
         """Depth index of every parameter for layer-wise lr decay: 0 = stem, larger = closer to the head.

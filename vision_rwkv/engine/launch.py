@@ -1,13 +1,14 @@
 """What ``tools/train.py`` and ``tools/test.py`` share: config loading, launchers and clear errors."""
 from __future__ import annotations
 
+import argparse
 import os
 import os.path as osp
 import sys
 from typing import Callable, Optional
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -17,6 +18,15 @@ from .errors import ConfigError
 
 # Errors that are the user's input, printed as one line instead of a traceback.
 USER_ERRORS = (ConfigError, DatasetError, CorruptImageError, FileNotFoundError, FileExistsError)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The flags both tools share: ``--work-dir``, ``--cfg-options``, ``--launcher``, ``--local_rank``."""
+    parser.add_argument('--work-dir', help='directory for logs, checkpoints and curves')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. train_cfg.max_epochs=5 (keys must exist)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
 def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str]) -> Config:
