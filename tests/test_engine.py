@@ -59,6 +59,15 @@ def test_classifier_trains_any_timm_model():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
+def test_classifier_loads_pretrained_file(tmp_path):
+    source = tiny_classifier().model
+    path = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in source.state_dict().items()}}, path)  # mmcls layout
+    model = tiny_classifier(pretrained=str(path))
+    assert torch.equal(model.model.layers[1].att.key.weight, source.layers[1].att.key.weight)
+    assert torch.equal(model.model.patch_embed.projection.weight, source.patch_embed.projection.weight)
+
+
 def test_unknown_model_and_argument_give_clear_errors():
     with pytest.raises(ConfigError, match=r"unknown timm model 'vrwkv_tiy_patch16_224'.*vrwkv_tiny_patch16_224"):
         TimmClassifier('vrwkv_tiy_patch16_224', num_classes=3)
@@ -123,7 +132,8 @@ def test_config_check_names_the_bad_key():
     assert import_cfg.imports == ['vision_rwkv.engine']
     check_config(cfg)
     cfg.optim_wrapper.optimizer.weigth_decay = 0.1
-    with pytest.raises(ConfigError, match=r"optim_wrapper.optimizer: AdamW has no argument 'weigth_decay'.*weight_decay"):
+    with pytest.raises(ConfigError,
+                       match=r"optim_wrapper.optimizer: AdamW has no argument 'weigth_decay'.*weight_decay"):
         check_config(cfg)
     del cfg.optim_wrapper.optimizer['weigth_decay']
     cfg.train_cfg.max_epoch = 3

@@ -11,6 +11,7 @@ import json
 import os.path as osp
 import time
 
+from vision_rwkv.engine.checkpoint import atomic_write
 from vision_rwkv.engine.launch import (add_common_args, build_runner, enable_amp, load_config, run_tool,
                                        setup_launcher)
 
@@ -50,8 +51,7 @@ def report(runner, seconds: float) -> None:
     metrics = {k[4:]: float(v.current()) for k, v in scalars.items()
                if k.startswith('val/') and k not in ('val/time', 'val/data_time')}
     summary = dict(epoch=runner.epoch, iter=runner.iter, wall_time_s=round(seconds, 1), val=metrics)
-    with open(osp.join(runner.work_dir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
+    atomic_write(json.dumps(summary, indent=1).encode(), osp.join(runner.work_dir, 'summary.json'))
     shown = '  '.join(f'{k}: {v:.2f}' for k, v in metrics.items())
     print(f'done: epoch {runner.epoch}, iter {runner.iter}, {seconds / 60:.1f} min wall time; '
           f'last validation {shown or "(none)"}; curves: {osp.join(runner.work_dir, "curves.png")}', flush=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Optional
+from typing import Optional, Union
 
 import timm
 import torch
@@ -38,6 +38,8 @@ class TimmClassifier(BaseModel):
         model_name: any timm model name, e.g. ``'vrwkv_tiny_patch16_224'`` or ``'vit_tiny_patch16_224'``.
         num_classes: classifier outputs; checked against the data set before training.
         model_kwargs: further ``timm.create_model`` arguments (``drop_path_rate``, ``img_size``, ...).
+        pretrained: ``True`` loads the model's default pretrained weights through timm; a path loads
+            that file instead (official Vision-RWKV checkpoints are converted by the model's filter).
         label_smoothing: label smoothing of the cross-entropy loss (also used by Mixup's targets).
         mixup: arguments of ``timm.data.Mixup`` (``mixup_alpha``, ``cutmix_alpha``, ``prob``,
             ``switch_prob``, ...), applied to training batches; ``None`` disables it.
@@ -49,12 +51,15 @@ class TimmClassifier(BaseModel):
     """
 
     def __init__(self, model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
-                 label_smoothing: float = 0.0, mixup: Optional[dict] = None,
-                 data_preprocessor: Optional[dict] = None):
+                 pretrained: Union[bool, str] = False, label_smoothing: float = 0.0,
+                 mixup: Optional[dict] = None, data_preprocessor: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor)
         self.model_name = model_name
         self.num_classes = num_classes
-        self.model = create_timm_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
+        kwargs = dict(model_kwargs or {})
+        if isinstance(pretrained, str):
+            kwargs['pretrained_cfg_overlay'] = dict(file=pretrained)
+        self.model = create_timm_model(model_name, pretrained=bool(pretrained), num_classes=num_classes, **kwargs)
         self.mixup = Mixup(**{'label_smoothing': label_smoothing, **mixup, 'num_classes': num_classes}) \
             if mixup else None
         self.mixup_loss = SoftTargetCrossEntropy()

@@ -82,7 +82,8 @@ class TrainingCurvesHook(Hook):
             if len(values) >= self.smooth:
                 kernel = np.ones(self.smooth) / self.smooth
                 smooth = np.convolve(values, kernel, mode='valid')
-                axes[0].plot(np.arange(self.smooth, len(values) + 1), smooth, label=f'{key[6:]} (mean of {self.smooth})')
+                axes[0].plot(np.arange(self.smooth, len(values) + 1), smooth,
+                             label=f'{key[6:]} (mean of {self.smooth})')
         axes[0].set(title='training loss', xlabel='iteration')
         if 'train/lr' in scalars:
             lr = scalars['train/lr'].data[0]
