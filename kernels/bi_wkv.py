@@ -1,5 +1,5 @@
 """The public Bi-WKV operator: input checks, autograd and dispatch to Triton (CUDA) or PyTorch."""
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -7,6 +7,7 @@ from .bi_wkv_torch import bi_wkv_torch_backward, bi_wkv_torch_forward
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BACKENDS = ('auto', 'triton', 'torch')
+_ORDERS = ('row', 'col', 'cross')
 
 
 def _check_inputs(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -42,23 +43,60 @@ def _use_triton(k: torch.Tensor, backend: str) -> bool:
     return backend == 'auto' and k.is_cuda and k.dtype != torch.float64
 
 
+def scan_layout(k: torch.Tensor, grid: Optional[Sequence[int]], order: str) -> Tuple[Tuple[int, int], int]:
+    """((H, W), split) for ``order``: channels below ``split`` scan row-major, the rest column-major."""
+    if order not in _ORDERS:
+        raise ValueError(f'bi_wkv: order must be one of {_ORDERS}, got {order!r}')
+    B, T, C = k.shape
+    if grid is None:
+        if order != 'row':
+            raise ValueError(f"bi_wkv: order={order!r} needs grid=(H, W) of the {T} tokens")
+        return (1, T), C
+    H, W = (int(n) for n in grid)
+    if H * W != T:
+        raise ValueError(f'bi_wkv: grid {H}x{W} holds {H * W} tokens but the sequence has T = {T}')
+    return (H, W), {'row': C, 'col': 0, 'cross': C // 2}[order]
+
+
+def _column_major(x: torch.Tensor, grid_hw: Tuple[int, int], inverse: bool = False) -> torch.Tensor:
+    """(B, H*W, C) tokens from row-major to column-major order (or back): a copy, PyTorch path only."""
+    B, T, C = x.shape
+    H, W = grid_hw
+    shape = (B, W, H, C) if inverse else (B, H, W, C)
+    return x.reshape(shape).transpose(1, 2).reshape(B, T, C)
+
+
+def _torch_in_scan_order(w, u, k, v, grid_hw, split):
+    """The PyTorch path runs raster scans: column-major lanes are permuted before and after."""
+    C = k.shape[-1]
+    if split == C:
+        return BiWKVFunction.apply(w, u, k, v, 'torch', grid_hw, split)
+
+    def to_col(x):
+        return torch.cat([x[..., :split], _column_major(x[..., split:], grid_hw)], -1)
+
+    y = BiWKVFunction.apply(w, u, to_col(k), to_col(v), 'torch', grid_hw, C)
+    return torch.cat([y[..., :split], _column_major(y[..., split:], grid_hw, inverse=True)], -1)
+
+
 class BiWKVFunction(torch.autograd.Function):
     """Autograd wrapper; fp32 accumulation, outputs and gradients in the input dtypes."""
 
     @staticmethod
-    def forward(ctx, w, u, k, v, backend):
+    def forward(ctx, w, u, k, v, backend, grid_hw, split):
         triton_path = _use_triton(k, backend)
         compute = torch.float64 if k.dtype == torch.float64 else torch.float32
         w32, u32 = w.to(compute).contiguous(), u.to(compute).contiguous()
         if triton_path:
             from .bi_wkv_triton import bi_wkv_triton_forward
             k_in, v_in = k.contiguous(), v.contiguous()
-            y, log_den = bi_wkv_triton_forward(w32, u32, k_in, v_in)
+            y, log_den = bi_wkv_triton_forward(w32, u32, k_in, v_in, grid_hw, split)
         else:
             k_in, v_in = k.to(compute).contiguous(), v.to(compute).contiguous()
             y, log_den = bi_wkv_torch_forward(w32, u32, k_in, v_in)
         ctx.save_for_backward(w32, u32, k_in, v_in, y, log_den)
         ctx.triton_path = triton_path
+        ctx.layout = (grid_hw, split)
         ctx.dtypes = (w.dtype, u.dtype, k.dtype, v.dtype)
         return y.to(k.dtype)
 
@@ -67,11 +105,11 @@ class BiWKVFunction(torch.autograd.Function):
         w, u, k, v, y, log_den = ctx.saved_tensors
         if ctx.triton_path:
             from .bi_wkv_triton import bi_wkv_triton_backward
-            grads = bi_wkv_triton_backward(w, u, k, v, y, log_den, gy.contiguous())
+            grads = bi_wkv_triton_backward(w, u, k, v, y, log_den, gy.contiguous(), *ctx.layout)
         else:
             grads = bi_wkv_torch_backward(w, u, k, v, y, log_den, gy.to(y.dtype).contiguous())
         gw, gu, gk, gv = (g.to(dt) for g, dt in zip(grads, ctx.dtypes))
-        return gw, gu, gk, gv, None
+        return gw, gu, gk, gv, None, None, None
 
 
 def bi_wkv(
@@ -80,6 +118,8 @@ def bi_wkv(
         k: torch.Tensor,
         v: torch.Tensor,
         backend: Optional[str] = None,
+        grid: Optional[Sequence[int]] = None,
+        order: str = 'row',
 ) -> torch.Tensor:
     """Bidirectional WKV of Vision-RWKV.
 
@@ -94,9 +134,18 @@ def bi_wkv(
         k: (B, T, C) keys; fp32, fp16, bf16 (or fp64 on the PyTorch path).
         v: (B, T, C) values, same dtype as k.
         backend: 'auto' (default: Triton for CUDA tensors, PyTorch otherwise), 'triton' or 'torch'.
+        grid: (H, W) of the token grid when the T = H * W tokens are an image (row-major in memory).
+        order: which order the scan reads the grid in: 'row' (raster, the official model),
+            'col' (column-major) or 'cross' (channels below C // 2 row-major, the others
+            column-major). The Triton kernels read column-major tokens by index arithmetic on the
+            row-major tensors; the PyTorch path permutes copies.
 
     Returns:
         (B, T, C) tensor in the dtype of k. Accumulation is in fp32 (fp64 for fp64 inputs).
     """
     _check_inputs(w, u, k, v)
-    return BiWKVFunction.apply(w, u, k, v, backend or 'auto')
+    grid_hw, split = scan_layout(k, grid, order)
+    backend = backend or 'auto'
+    if _use_triton(k, backend):
+        return BiWKVFunction.apply(w, u, k, v, backend, grid_hw, split)
+    return _torch_in_scan_order(w, u, k, v, grid_hw, split)

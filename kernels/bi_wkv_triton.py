@@ -7,6 +7,11 @@ p' = max(p - w, k_t) so no exponent ever overflows. The right-to-left pass parks
 state per position in the output buffers; the left-to-right pass combines both states with the
 bonus term under one shared maximum. No subtraction of large terms; any T, any B and C.
 
+Scan order is index arithmetic, never a copy: token t of the scan sits at grid position
+(t % H, t // H) in column-major order, i.e. at row-major memory index (t % H) * W + t // H of the
+channel-last (B, H*W, C) tensors. Each channel lane picks its own order: channels below SPLIT scan
+row-major, the others column-major (SPLIT = C: raster; 0: column-major; C / 2: cross mode).
+
 Backward: with q_t = -log den_t, the gradients of k and v are the same bidirectional scan over the
 output side (keys q_t, values gy_t and gy_t * y_t). The gradient of w uses derivative carries
 P_{t+1} = e^{-w} (P_t + A_t) of each forward scan. Batch partials of gw and gu are summed on the
@@ -56,9 +61,18 @@ def _update_with_derivative(a, b, da, db, p, w, key, val):
 
 
 @triton.jit
+def _token_offsets(row0, t, offs_c, H, W, SPLIT, C):
+    """Memory offsets of scan step t for every channel lane: row-major lanes read token t, the
+    lanes at or above SPLIT read the token at column-major step t."""
+    col_major = (t % H) * W + t // H
+    pos = tl.where(offs_c < SPLIT, t, col_major)
+    return (row0 + pos) * C + offs_c
+
+
+@triton.jit
 def _bi_wkv_fwd_kernel(
         w_ptr, u_ptr, k_ptr, v_ptr, y_ptr, lse_ptr,
-        T, C,
+        T, C, H, W, SPLIT,
         BLOCK_C: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
@@ -73,7 +87,7 @@ def _bi_wkv_fwd_kernel(
     b = tl.zeros([BLOCK_C], dtype=tl.float32)
     p = tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
     for i in range(T):
-        offs = (row0 + (T - 1 - i)) * C + offs_c
+        offs = _token_offsets(row0, T - 1 - i, offs_c, H, W, SPLIT, C)
         ratio, log_den = _ratio_and_log(a, b, p)
         tl.store(y_ptr + offs, ratio, mask=mask)
         tl.store(lse_ptr + offs, log_den, mask=mask)
@@ -86,7 +100,7 @@ def _bi_wkv_fwd_kernel(
     b = tl.zeros([BLOCK_C], dtype=tl.float32)
     p = tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
     for t in range(T):
-        offs = (row0 + t) * C + offs_c
+        offs = _token_offsets(row0, t, offs_c, H, W, SPLIT, C)
         key = tl.load(k_ptr + offs, mask=mask, other=0.).to(tl.float32)
         val = tl.load(v_ptr + offs, mask=mask, other=0.).to(tl.float32)
         ratio_r = tl.load(y_ptr + offs, mask=mask, other=0.)
@@ -108,7 +122,7 @@ def _bi_wkv_fwd_kernel(
 def _bi_wkv_bwd_kernel(
         w_ptr, u_ptr, k_ptr, v_ptr, y_ptr, lse_ptr, gy_ptr,
         gk_ptr, gv_ptr, gw_ptr, gu_ptr,
-        T, C,
+        T, C, H, W, SPLIT,
         BLOCK_C: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
@@ -136,7 +150,7 @@ def _bi_wkv_bwd_kernel(
                 t = T - 1 - i
             else:
                 t = i
-            offs = (row0 + t) * C + offs_c
+            offs = _token_offsets(row0, t, offs_c, H, W, SPLIT, C)
             key = tl.load(k_ptr + offs, mask=mask, other=0.).to(tl.float32)
             val = tl.load(v_ptr + offs, mask=mask, other=0.).to(tl.float32)
             y = tl.load(y_ptr + offs, mask=mask, other=0.)
@@ -173,11 +187,15 @@ def bi_wkv_triton_forward(
         u: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
+        grid_hw: Tuple[int, int],
+        split: int,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel.
 
     Args:
         w, u: (C,) float32; k, v: (B, T, C) contiguous fp32, fp16 or bf16.
+        grid_hw: (H, W) of the token grid, H * W = T.
+        split: channels below it scan row-major, the others column-major.
 
     Returns:
         y: (B, T, C) float32 output; log_den: (B, T, C) float32 log denominators.
@@ -187,7 +205,7 @@ def bi_wkv_triton_forward(
     log_den = torch.empty_like(y)
     block_c = _block_c(C)
     grid = (B, triton.cdiv(C, block_c))
-    _bi_wkv_fwd_kernel[grid](w, u, k, v, y, log_den, T, C, BLOCK_C=block_c)
+    _bi_wkv_fwd_kernel[grid](w, u, k, v, y, log_den, T, C, *grid_hw, split, BLOCK_C=block_c)
     return y, log_den
 
 
@@ -199,12 +217,14 @@ def bi_wkv_triton_backward(
         y: torch.Tensor,
         log_den: torch.Tensor,
         gy: torch.Tensor,
+        grid_hw: Tuple[int, int],
+        split: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward kernel.
 
     Args:
         w, u: (C,) float32; k, v, gy: (B, T, C) contiguous; y, log_den: (B, T, C) float32 from
-            the forward.
+            the forward; grid_hw, split: as in the forward.
 
     Returns:
         gw, gu: (C,) float32; gk, gv: (B, T, C) float32.
@@ -216,5 +236,6 @@ def bi_wkv_triton_backward(
     gu = torch.empty_like(gw)
     block_c = _block_c(C)
     grid = (B, triton.cdiv(C, block_c))
-    _bi_wkv_bwd_kernel[grid](w, u, k, v, y, log_den, gy, gk, gv, gw, gu, T, C, BLOCK_C=block_c)
+    _bi_wkv_bwd_kernel[grid](w, u, k, v, y, log_den, gy, gk, gv, gw, gu, T, C, *grid_hw, split,
+                             BLOCK_C=block_c)
     return gw.sum(0), gu.sum(0), gk, gv

@@ -8,7 +8,7 @@ Bi-WKV is a softmax attention whose logits depend only on the keys and the token
 
 so the reference is a float64 softmax over explicit T x T logits (memory B * C * T^2).
 """
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -43,3 +43,32 @@ def bi_wkv_reference(
     logits = torch.where(diag, (u + k)[:, None, :, :].expand_as(logits), logits)
     attn = torch.softmax(logits, dim=2)
     return (attn * v[:, None, :, :]).sum(dim=2)
+
+
+def column_major_order(H: int, W: int) -> torch.Tensor:
+    """(H*W,) row-major token indices in column-major reading order."""
+    return torch.arange(H * W).view(H, W).t().reshape(-1)
+
+
+def bi_wkv_scan_reference(
+        w: torch.Tensor,
+        u: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        grid: Sequence[int],
+        order: str,
+) -> torch.Tensor:
+    """Bi-WKV over an H x W token grid read in ``order`` ('row', 'col' or 'cross'), float64.
+
+    Column-major channels (all for 'col', those from C // 2 on for 'cross') run the 1D reference on
+    the tokens gathered in column-major order; the result is scattered back to row-major positions.
+    Returns (B, H*W, C) float64. Differentiable.
+    """
+    H, W = grid
+    C = k.shape[-1]
+    split = {'row': C, 'col': 0, 'cross': C // 2}[order]
+    perm = column_major_order(H, W).to(k.device)
+    inv = torch.argsort(perm)
+    gather = lambda x: torch.cat([x[:, :, :split], x[:, perm, split:]], dim=-1)  # noqa: E731
+    y = bi_wkv_reference(w, u, gather(k), gather(v))
+    return torch.cat([y[:, :, :split], y[:, inv, split:]], dim=-1)
