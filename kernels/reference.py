@@ -69,6 +69,34 @@ def bi_wkv_scan_reference(
     split = {'row': C, 'col': 0, 'cross': C // 2}[order]
     perm = column_major_order(H, W).to(k.device)
     inv = torch.argsort(perm)
-    gather = lambda x: torch.cat([x[:, :, :split], x[:, perm, split:]], dim=-1)  # noqa: E731
+
+    def gather(x):
+        return torch.cat([x[:, :, :split], x[:, perm, split:]], dim=-1)
+
     y = bi_wkv_reference(w, u, gather(k), gather(v))
     return torch.cat([y[:, :, :split], y[:, inv, split:]], dim=-1)
+
+
+def bi_wkv_2d_reference(
+        w: torch.Tensor,
+        u: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        grid: Sequence[int],
+) -> torch.Tensor:
+    """2D Bi-WKV in float64 by explicit softmax over the Manhattan distance of grid positions.
+
+    logit[t, s] = -(d(s, t) - 1) * w + k_s for s != t and u + k_t for s = t, with
+    d(s, t) = |row_s - row_t| + |col_s - col_t| on the H x W grid (tokens row-major).
+    Returns (B, H*W, C) float64. Differentiable.
+    """
+    H, W = grid
+    B, T, C = k.shape
+    w, u, k, v = (x.double() for x in (w, u, k, v))
+    rows = torch.arange(T, device=k.device) // W
+    cols = torch.arange(T, device=k.device) % W
+    dist = ((rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()).double()
+    logits = -(dist - 1)[None, :, :, None] * w + k[:, None, :, :]  # (B, T, T, C)
+    diag = torch.eye(T, dtype=torch.bool, device=k.device)[None, :, :, None]
+    logits = torch.where(diag, (u + k)[:, None, :, :].expand_as(logits), logits)
+    return (torch.softmax(logits, dim=2) * v[:, None, :, :]).sum(dim=2)
