@@ -342,3 +342,41 @@ def test_other_init_modes_and_no_shift(init_mode, decay, mix):
     assert no_shift(torch.randn(1, 3, 64, 64)).shape == (1, 7)
     with pytest.raises(ValueError, match='init_mode'):
         tiny_model(init_mode='xavier')
+
+
+@pytest.mark.parametrize('mode', ['raster', 'cross', '2d'])
+def test_wkv_modes_match_their_references(mode):
+    from vision_rwkv.kernels import bi_wkv_2d_reference
+    from vision_rwkv.kernels.reference import bi_wkv_scan_reference
+    from vision_rwkv.layers.spatial_mix import SpatialMix
+
+    H, W, C = 3, 5, 8
+    mix = SpatialMix(C, layer_id=1, num_layers=4, wkv_mode=mode).double()
+    k, v = torch.randn(2, H * W, C, dtype=torch.float64), torch.randn(2, H * W, C, dtype=torch.float64)
+    y = mix.wkv(k, v, (H, W))
+    if mode == '2d':
+        n = H + W
+        y_ref = bi_wkv_2d_reference(mix.spatial_decay / n, mix.spatial_first / n, k, v, (H, W))
+    else:
+        n = H * W
+        y_ref = bi_wkv_scan_reference(mix.spatial_decay / n, mix.spatial_first / n, k, v, (H, W),
+                                      'row' if mode == 'raster' else 'cross')
+    assert rel_err(y, y_ref) < 1e-10
+
+
+def test_wkv_mode_models_in_timm_load_raster_weights():
+    raster = timm.create_model('vrwkv_tiny_patch16_224', num_classes=4, img_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    outputs = {}
+    for name in ('vrwkvcross_tiny_patch16_224', 'vrwkv2d_tiny_patch16_224'):
+        model = timm.create_model(name, num_classes=4, img_size=64)
+        model.load_state_dict(raster.state_dict())  # same parameters, strict
+        model.eval()
+        out = model(x)
+        out.sum().backward()
+        outputs[name] = out.detach()
+    raster.eval()
+    ref = raster(x).detach()
+    assert all(rel_err(out, ref) > 1e-4 for out in outputs.values()), 'modes must differ from raster'
+    with pytest.raises(ValueError, match='wkv_mode must be one of'):
+        timm.create_model('vrwkv_tiny_patch16_224', wkv_mode='diagonal')

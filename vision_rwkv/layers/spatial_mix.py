@@ -4,17 +4,26 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from vision_rwkv.kernels import bi_wkv
+from vision_rwkv.kernels import bi_wkv, bi_wkv_2d
 
 from .shift import shift_mix
 from .token_mix import spatial_mix_init
 
 
+WKV_MODES = ('raster', 'cross', '2d')
+
+
 class SpatialMix(nn.Module):
     """Token mixing of a VRWKV block (official name: ``VRWKV_SpatialMix``).
 
-    y = output(sigmoid(r) * key_norm(Bi-WKV(spatial_decay / T, spatial_first / T, k, v))), where k,
+    y = output(sigmoid(r) * key_norm(Bi-WKV(spatial_decay / n, spatial_first / n, k, v))), where k,
     v, r are projections of the input interpolated with its Q-shifted copy.
+
+    ``wkv_mode`` chooses how Bi-WKV reads the (H, W) token grid and the normaliser n of the learned
+    decay and bonus, which keeps ``spatial_decay`` the total decay across the longest distance:
+    - 'raster' (official): one scan in row-major order, n = T = H * W;
+    - 'cross': half of the channels row-major, half column-major, n = T;
+    - '2d': decay by the Manhattan distance |Δrow| + |Δcol| (``bi_wkv_2d``), n = H + W.
     """
 
     def __init__(
@@ -26,8 +35,12 @@ class SpatialMix(nn.Module):
             channel_gamma: float = 0.25,
             init_mode: str = 'fancy',
             key_norm: bool = False,
+            wkv_mode: str = 'raster',
     ):
         super().__init__()
+        if wkv_mode not in WKV_MODES:
+            raise ValueError(f'wkv_mode must be one of {WKV_MODES}, got {wkv_mode!r}')
+        self.wkv_mode = wkv_mode
         self.shift_pixel = shift_pixel
         self.channel_gamma = channel_gamma
         init = spatial_mix_init(dim, layer_id, num_layers, init_mode)
@@ -53,8 +66,16 @@ class SpatialMix(nn.Module):
         k = self.key(xk)
         v = self.value(xv)
         sr = torch.sigmoid(self.receptance(xr))
-        T = x.shape[1]
-        x = bi_wkv(self.spatial_decay / T, self.spatial_first / T, k, v)
+        x = self.wkv(k, v, grid)
         if self.key_norm is not None:
             x = self.key_norm(x)
         return self.output(sr * x)
+
+    def wkv(self, k: torch.Tensor, v: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """Bi-WKV of (B, N, C) keys and values over the (H, W) grid in this layer's mode."""
+        if self.wkv_mode == '2d':
+            n = grid[0] + grid[1]
+            return bi_wkv_2d(self.spatial_decay / n, self.spatial_first / n, k, v, grid)
+        n = k.shape[1]
+        order = 'cross' if self.wkv_mode == 'cross' else 'row'
+        return bi_wkv(self.spatial_decay / n, self.spatial_first / n, k, v, grid=grid, order=order)

@@ -51,13 +51,14 @@ class Block(nn.Module):
             post_norm: bool = False,
             init_values: Optional[float] = None,
             drop_path: float = 0.,
+            wkv_mode: str = 'raster',
     ):
         super().__init__()
         self.post_norm = post_norm
         self.ln0 = nn.LayerNorm(dim) if layer_id == 0 else None
         self.ln1 = nn.LayerNorm(dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.att = SpatialMix(dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm)
+        self.att = SpatialMix(dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm, wkv_mode)
         self.ffn = ChannelMix(dim, layer_id, num_layers, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm)
         if init_values is not None:
             self.gamma1 = nn.Parameter(torch.full((dim,), float(init_values)))
@@ -100,6 +101,8 @@ class VRWKV(nn.Module):
         init_mode: 'fancy' (official), 'local' or 'global' initialisation of the mixing parameters.
         post_norm: normalise branch outputs instead of branch inputs (official S/B/L).
         key_norm: LayerNorm after Bi-WKV and after the squared ReLU (official L).
+        wkv_mode: how Bi-WKV reads the token grid: 'raster' (official), 'cross' (half of the
+            channels column-major) or '2d' (Manhattan-distance decay); see ``SpatialMix``.
         init_values: layer-scale initial value (None: no layer scale).
         final_norm: LayerNorm ``ln1`` after the last block.
         head_hidden_size: width of a fc + tanh pre-logits layer before the classifier (official L: 3072).
@@ -126,6 +129,7 @@ class VRWKV(nn.Module):
             init_mode: str = 'fancy',
             post_norm: bool = False,
             key_norm: bool = False,
+            wkv_mode: str = 'raster',
             init_values: Optional[float] = None,
             final_norm: bool = True,
             head_hidden_size: Optional[int] = None,
@@ -156,7 +160,7 @@ class VRWKV(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as torch.linspace
         self.layers = nn.ModuleList([
             Block(embed_dim, i, depth, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm,
-                  post_norm, init_values, dpr[i])
+                  post_norm, init_values, dpr[i], wkv_mode)
             for i in range(depth)])
         self.ln1 = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
         self.feature_info = [
@@ -414,6 +418,7 @@ default_cfgs = generate_default_cfgs({
     'vrwkv_large_patch16_224': _cfg(),
     'vrwkv_large_patch16_192.in22k': _cfg('vrwkv_l_in22k_192.pth', num_classes=21841, input_size=(3, 192, 192)),
     'vrwkv_large_patch16_384.in22k_ft_in1k': _cfg('vrwkv_l_22kto1k_384.pth', input_size=(3, 384, 384)),
+    **{f'vrwkv{mode}_{size}_patch16_224': _cfg() for mode in ('cross', '2d') for size in ('tiny', 'small', 'base')},
 })
 
 # Official architectures (classification configs of OpenGVLab/Vision-RWKV). Regularisation is a
@@ -460,3 +465,22 @@ def vrwkv_large_patch16_192(pretrained: bool = False, **kwargs) -> VRWKV:
 def vrwkv_large_patch16_384(pretrained: bool = False, **kwargs) -> VRWKV:
     """VRWKV-L/16 at 384, 334.9M parameters, 86.0 top-1 after ImageNet-22K pre-training (official)."""
     return _create_vrwkv('vrwkv_large_patch16_384', pretrained, **dict(_LARGE, img_size=384, **kwargs))
+
+
+def _register_grid_mode(mode: str, size: str, arch: Dict[str, Any]) -> None:
+    """Register ``vrwkv{mode}_{size}_patch16_224``: the official architecture with another wkv_mode."""
+    name = f'vrwkv{mode}_{size}_patch16_224'
+
+    def create(pretrained: bool = False, **kwargs) -> VRWKV:
+        return _create_vrwkv(name, pretrained, **dict(arch, wkv_mode=mode, **kwargs))
+
+    create.__name__ = name
+    create.__doc__ = (f'VRWKV-{size[0].upper()}/16 with wkv_mode={mode!r} (no official weights; '
+                      'official raster checkpoints load into it).')
+    create.__module__ = __name__
+    globals()[name] = register_model(create)
+
+
+for _mode in ('cross', '2d'):
+    for _size, _arch in (('tiny', _TINY), ('small', _SMALL), ('base', _BASE)):
+        _register_grid_mode(_mode, _size, _arch)
