@@ -53,7 +53,7 @@ def fwd_and_fwdbwd(op: Callable, args, sync=lambda: None, **kw) -> Dict[str, flo
 
     def fwd_bwd():
         y = op(*args)
-        torch.autograd.grad(y.float().sum(), args)
+        torch.autograd.grad(y.float().sum(), args, allow_unused=True)
 
     return {'fwd_ms': measure(fwd, sync, **kw), 'fwd_bwd_ms': measure(fwd_bwd, sync, **kw)}
 
@@ -121,6 +121,28 @@ def table(rows: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
+def machine_info() -> Dict:
+    return dict(platform=platform.platform(), torch=torch.__version__, threads=torch.get_num_threads(),
+                cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+
+
+def report(results: Dict, out: str) -> None:
+    """Print every section as a markdown table and write the JSON atomically."""
+    for section, rows in results.items():
+        if section == 'machine':
+            print(f'machine: {rows}\n')
+            continue
+        print(f'## {section}\n')
+        print(table(rows) if isinstance(rows, list) else rows)
+        print()
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(path)
+    print(f'wrote {path}')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='benchmark_results/benchmark.json', help='JSON output path')
@@ -130,26 +152,13 @@ def main():
     seq_lens = [196, 1024] if args.quick else [196, 1024, 4096]
     sizes = [224] if args.quick else [224, 448]
     results = {
-        'machine': dict(platform=platform.platform(), torch=torch.__version__, threads=torch.get_num_threads(),
-                        cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None),
+        'machine': machine_info(),
         'op_cpu': bench_op_cpu(seq_lens),
         'op_cpu_model_shape': bench_op_cpu_model_shape(seq_lens),
         'model_cpu': bench_models_cpu(sizes),
         'op_cuda': bench_op_cuda() if torch.cuda.is_available() else 'not measured: no CUDA device',
     }
-    for section, rows in results.items():
-        if section == 'machine':
-            print(f"machine: {rows}\n")
-            continue
-        print(f'## {section}\n')
-        print(table(rows) if isinstance(rows, list) else rows)
-        print()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.tmp')
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
-    print(f'wrote {out}')
+    report(results, args.out)
 
 
 if __name__ == '__main__':
