@@ -17,7 +17,7 @@ from typing import Sequence, Tuple
 
 import torch
 
-from .bi_wkv import _check_inputs
+from .bi_wkv import _check_inputs, scan_layout
 from .bi_wkv_torch import _bidirectional, choose_chunk_len
 
 
@@ -47,10 +47,8 @@ def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         (B, H*W, C) in the dtype of k (fp16/bf16 inputs are computed in fp32).
     """
     _check_inputs(w, u, k, v)
-    H, W = (int(n) for n in grid)
+    (H, W), _ = scan_layout(k, grid, 'row')
     B, T, C = k.shape
-    if H * W != T:
-        raise ValueError(f'bi_wkv_2d: grid {H}x{W} holds {H * W} tokens but the sequence has T = {T}')
     compute = torch.float64 if k.dtype == torch.float64 else torch.float32
     w_, u_, k_, v_ = (t.to(compute) for t in (w, u, k, v))
     chunk_len = choose_chunk_len(w_.detach())

@@ -32,6 +32,5 @@ class ImageFolder(ImageFolderDataset):
             if get_local_rank() == 0:
                 make_classification_set(data_root, **generate)
             barrier()
-        self.transform_cfg = dict(transform or {})
-        super().__init__(osp.join(data_root, split), transform=create_transform(**self.transform_cfg),
+        super().__init__(osp.join(data_root, split), transform=create_transform(**(transform or {})),
                          classes=classes, on_corrupt=on_corrupt)
