@@ -38,6 +38,8 @@ setup(
     ],
     extras_require={
         'dev': ['pytest>=8', 'pytest-timeout'],
-        'seg': ['mmsegmentation==1.2.2', 'mmcv==2.1.0', 'opencv-python-headless'],
+        # mmcv 2.1.0 has no wheel for this torch: tools/setup_env.sh builds it from source first.
+        # mmsegmentation 1.2.2 imports ftfy and regex without declaring them.
+        'seg': ['mmsegmentation==1.2.2', 'mmcv==2.1.0', 'ftfy', 'regex'],
     },
 )

@@ -2,14 +2,17 @@
 
     python tools/make_data.py classification --out data/shapes_cls [--classes circle,star,...]
         [--train-per-class 1000] [--val-per-class 100] [--image-size 32] [--seed 0]
+    python tools/make_data.py segmentation --out data/shapes_ade [--image-size 128]
+        [--train-images 1000] [--val-images 100] [--max-shapes 3] [--seed 0]
 
-The defaults are those of configs/_base_/datasets/shapes_cls_32.py, so running this first and then
-the main job reuses the same files.
+The classification defaults are those of configs/_base_/datasets/shapes_cls_32.py, so running this
+first and then the main job reuses the same files. The segmentation set uses ADE20K's layout and
+label ids (read it with mmsegmentation's ADE20KDataset and metainfo=dict(classes=SEG_TOY_CLASSES)).
 """
 import argparse
 import sys
 
-from vision_rwkv.data import SHAPE_CLASSES, make_classification_set
+from vision_rwkv.data import SHAPE_CLASSES, make_classification_set, make_segmentation_set
 
 
 def parse_args():
@@ -23,19 +26,35 @@ def parse_args():
     cls.add_argument('--val-per-class', type=int, default=100)
     cls.add_argument('--image-size', type=int, default=32)
     cls.add_argument('--seed', type=int, default=0)
+    seg = sub.add_parser('segmentation', help='ADE20K-layout semantic segmentation set: shapes on textures')
+    seg.add_argument('--out', default='data/shapes_ade')
+    seg.add_argument('--image-size', type=int, default=128)
+    seg.add_argument('--train-images', type=int, default=1000)
+    seg.add_argument('--val-images', type=int, default=100)
+    seg.add_argument('--max-shapes', type=int, default=3)
+    seg.add_argument('--seed', type=int, default=0)
     return parser.parse_args()
+
+
+def write(args):
+    """Write the set that ``args.kind`` names and return a one-line description of it."""
+    if args.kind == 'classification':
+        root = make_classification_set(args.out, classes=tuple(args.classes.split(',')),
+                                       train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                                       image_size=args.image_size, seed=args.seed)
+        return f'{root}: train/ and val/ in ImageFolder layout, parameters in {root}/generator.json'
+    root = make_segmentation_set(args.out, image_size=args.image_size, train_images=args.train_images,
+                                 val_images=args.val_images, max_shapes=args.max_shapes, seed=args.seed)
+    return f'{root}: images/ and annotations/ in ADE20K layout, parameters in {root}/generator.json'
 
 
 def main():
     args = parse_args()
     try:
-        root = make_classification_set(args.out, classes=tuple(args.classes.split(',')),
-                                       train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-                                       image_size=args.image_size, seed=args.seed)
+        print(write(args))
     except (ValueError, FileExistsError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
-    print(f'{root}: train/ and val/ in ImageFolder layout, parameters in {root}/generator.json')
 
 
 if __name__ == '__main__':

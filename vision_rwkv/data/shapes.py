@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPE_CLASSES = ('circle', 'triangle', 'square', 'star', 'cross', 'ring', 'crescent', 'arrow')
+BACKGROUND_KINDS = ('noise', 'stripes', 'checkerboard')
 SUPERSAMPLE = 4
 
 
@@ -103,17 +104,23 @@ def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def render_background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """A textured background (H, W, 3) float32 in [0, 255]: smooth noise, stripes or a checkerboard."""
+def render_background(rng: np.random.Generator, size: tuple[int, int], kind: str | None = None) -> np.ndarray:
+    """A textured background (H, W, 3) float32 in [0, 255]: smooth noise, stripes or a checkerboard.
+
+    ``kind`` is one of ``BACKGROUND_KINDS``; ``None`` draws it from ``rng`` first (one draw more).
+    """
     h, w = size
-    kind = rng.integers(3)
-    if kind == 0:
+    if kind is None:
+        kind = BACKGROUND_KINDS[rng.integers(len(BACKGROUND_KINDS))]
+    elif kind not in BACKGROUND_KINDS:
+        raise ValueError(f'unknown background {kind!r}; known: {BACKGROUND_KINDS}')
+    if kind == 'noise':
         noise = _smooth_noise(rng, size, int(rng.integers(2, 7)))
         img = noise.mean(axis=(0, 1)) + 0.3 * (noise - noise.mean(axis=(0, 1)))
     else:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         a, b = _two_colours(rng)
-        if kind == 1:
+        if kind == 'stripes':
             theta, period = rng.uniform(0, math.pi), rng.uniform(4, 16) * max(h, w) / 64
             t = 0.5 + 0.5 * np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period)
         else:
@@ -133,8 +140,8 @@ def _fill_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, size: tuple[int, int], classes: tuple[str, ...],
-                 labels: list[int], radius_range: tuple[float, float] = (0.3, 0.45)
-                 ) -> tuple[np.ndarray, list[ShapeInstance]]:
+                 labels: list[int], radius_range: tuple[float, float] = (0.3, 0.45),
+                 background: str | None = None) -> tuple[np.ndarray, list[ShapeInstance]]:
     """Draw ``labels`` (indices into ``classes``) as shapes, later ones on top of earlier ones.
 
     Args:
@@ -143,6 +150,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], classes: tuple
         classes: shape kinds (names from ``SHAPE_CLASSES``) that ``labels`` index.
         labels: the class index of each shape, in drawing order.
         radius_range: circumradius as a fraction of min(H, W).
+        background: the texture kind from ``BACKGROUND_KINDS``; ``None`` draws it from ``rng``.
 
     Returns:
         image: (H, W, 3) uint8 RGB.
@@ -150,7 +158,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], classes: tuple
             shapes hidden entirely by later ones are dropped.
     """
     h, w = size
-    img = render_background(rng, size)
+    img = render_background(rng, size, background)
     masks: list[np.ndarray] = []
     for label in labels:
         radius = rng.uniform(*radius_range) * min(h, w)

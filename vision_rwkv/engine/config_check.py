@@ -19,6 +19,9 @@ from .errors import ConfigError
 
 # Arguments that mmengine supplies itself when it builds these objects.
 _RUNTIME_ARGS = {'runner', 'dataloader', 'evaluator', 'optimizer', 'params', 'module', 'self'}
+# Layer configs that mmcv's builders read with extra keys (norm ``requires_grad``, activation
+# ``inplace``) or that are not registry types (``init_cfg``): not checked against a signature.
+_LAYER_CFG_KEYS = {'norm_cfg', 'act_cfg', 'conv_cfg', 'init_cfg', 'upsample_cfg'}
 
 
 def _leaf_paths(node: Any, prefix: str = '') -> Iterator[str]:
@@ -97,7 +100,8 @@ def _check_typed(path: str, node: Any, registry: Registry, scope: str | None, ne
             _check_args(path, obj, node)
     if nested:
         for key, value in node.items():
-            _check_typed(f'{path}.{key}', value, registry, scope, nested, root=False)
+            if key not in _LAYER_CFG_KEYS:
+                _check_typed(f'{path}.{key}', value, registry, scope, nested, root=False)
 
 
 def _check_loop(path: str, cfg: dict | None, default) -> None:

@@ -105,5 +105,15 @@ def run_tool(main: Callable[[], None]) -> None:
     try:
         main()
     except USER_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr, flush=True)
+        print(f'error: {_one_line(e)}', file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def _one_line(error: Exception) -> str:
+    """The message of ``error``; for one re-raised from a DataLoader worker, the original message only."""
+    message = str(error)
+    if 'Original Traceback' not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    prefix = f'{type(error).__name__}: '
+    return last.split(prefix, 1)[1] if prefix in last else last

@@ -1,0 +1,155 @@
+"""VRWKV backbones in mmsegmentation's ``MODELS``: thin adapters around ``vision_rwkv.models``.
+
+Arguments use the official Vision-RWKV segmentation names (``embed_dims``, ``in_channels``,
+``drop_rate``, ``with_cp``), so official configs port unchanged. ``init_cfg=dict(type='Pretrained',
+checkpoint=PATH)`` loads official classification or segmentation checkpoints and ours (timm state
+dicts, ``tools/train.py`` checkpoints) with ``weights_only=True``; the position embedding is
+resampled from the checkpoint's grid to ``img_size`` (set it to the crop size) and again, per
+forward, to the input's grid.
+"""
+from __future__ import annotations
+
+import os.path as osp
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from mmengine.logging import print_log
+from mmseg.registry import MODELS
+
+from vision_rwkv.engine.errors import ConfigError
+from vision_rwkv.models import VRWKV, VRWKVAdapter, load_backbone_checkpoint
+
+
+def _checkpoint_path(init_cfg: Optional[dict], pretrained: Optional[str]) -> Optional[str]:
+    """The checkpoint named by ``init_cfg`` (or the deprecated ``pretrained``), else None."""
+    if pretrained is not None:
+        if init_cfg is not None:
+            raise ConfigError('give init_cfg or pretrained, not both')
+        init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+    if init_cfg is None:
+        return None
+    if init_cfg.get('type') != 'Pretrained' or 'checkpoint' not in init_cfg:
+        raise ConfigError(f"VRWKV backbones take init_cfg=dict(type='Pretrained', checkpoint=PATH), got {init_cfg}")
+    return init_cfg['checkpoint']
+
+
+class _PretrainedBackbone:
+    """``init_weights`` as mmengine calls it: load ``self.checkpoint`` if set."""
+
+    checkpoint: Optional[str]
+
+    def init_weights(self) -> None:
+        if self.checkpoint is None:
+            print_log(f'{type(self).__name__}: no pretrained checkpoint, training from scratch', logger='current')
+            return
+        if not osp.isfile(self.checkpoint):
+            raise FileNotFoundError(
+                f'pretrained checkpoint {self.checkpoint} not found: download it (see the config) or set '
+                f'model.backbone.init_cfg=None')
+        try:
+            report = load_backbone_checkpoint(self, self.checkpoint)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        print_log(f'{type(self).__name__}: loaded {self.checkpoint} ({len(report["missing"])} parameters kept '
+                  f'their initial values, {len(report["unexpected"])} checkpoint keys unused)', logger='current')
+
+
+def _vrwkv_kwargs(img_size, patch_size, in_channels, embed_dims, depth, drop_rate, drop_path_rate, hidden_rate,
+                  channel_gamma, shift_pixel, init_mode, init_values, post_norm, key_norm, wkv_mode,
+                  interpolate_mode) -> dict:
+    """Official (mmseg) argument names -> ``VRWKV`` arguments."""
+    return dict(img_size=img_size, patch_size=patch_size, in_chans=in_channels, embed_dim=embed_dims, depth=depth,
+                pos_drop_rate=drop_rate, drop_path_rate=drop_path_rate, hidden_rate=hidden_rate,
+                channel_gamma=channel_gamma, shift_pixel=shift_pixel, init_mode=init_mode, init_values=init_values,
+                post_norm=post_norm, key_norm=key_norm, wkv_mode=wkv_mode, interpolate_mode=interpolate_mode)
+
+
+@MODELS.register_module(name='VRWKV')
+class MMSegVRWKV(_PretrainedBackbone, VRWKV):
+    """Plain VRWKV: the (B, D, H/16, W/16) outputs of the blocks at ``out_indices``.
+
+    As the official backbone, the final norm applies to the last block's output only. Use with a
+    neck that builds a pyramid (e.g. mmseg's ``MultiLevelNeck``), or use ``VRWKV_Adapter``.
+    """
+
+    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_channels: int = 3,
+                 embed_dims: int = 192, depth: int = 12, out_indices: Union[int, Sequence[int]] = -1,
+                 drop_rate: float = 0., drop_path_rate: float = 0., hidden_rate: float = 4,
+                 channel_gamma: float = 0.25, shift_pixel: int = 1, init_mode: str = 'fancy',
+                 init_values: Optional[float] = None, post_norm: bool = False, key_norm: bool = False,
+                 wkv_mode: str = 'raster', final_norm: bool = True, interpolate_mode: str = 'bicubic',
+                 with_cp: bool = False, pretrained: Optional[str] = None, init_cfg: Optional[dict] = None):
+        super().__init__(**_vrwkv_kwargs(img_size, patch_size, in_channels, embed_dims, depth, drop_rate,
+                                         drop_path_rate, hidden_rate, channel_gamma, shift_pixel, init_mode,
+                                         init_values, post_norm, key_norm, wkv_mode, interpolate_mode),
+                         num_classes=0, global_pool='', final_norm=final_norm, dynamic_img_size=True)
+        self.out_indices = _block_indices(out_indices, depth)
+        self.checkpoint = _checkpoint_path(init_cfg, pretrained)
+        self.set_grad_checkpointing(with_cp)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(B, C, H, W) -> one (B, D, H/16, W/16) map per ``out_indices`` entry."""
+        B = x.shape[0]
+        x, (H, W) = self._embed(x)
+        outs = []
+        for i, block in enumerate(self.layers):
+            x = self._run_block(block, x, (H, W))
+            if i == len(self.layers) - 1:
+                x = self.ln1(x)
+            if i in self.out_indices:
+                outs.append(x.transpose(1, 2).reshape(B, -1, H, W))
+        return tuple(outs)
+
+
+def _block_indices(out_indices: Union[int, Sequence[int]], depth: int) -> List[int]:
+    """``out_indices`` (negative counts from the end) -> sorted block indices in [0, depth)."""
+    indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+    bad = [i for i in indices if not -depth <= i < depth]
+    if bad:
+        raise ConfigError(f'out_indices {bad} are not blocks of a depth-{depth} VRWKV')
+    return sorted(i % depth for i in indices)
+
+
+@MODELS.register_module(name='VRWKV_Adapter')
+class MMSegVRWKVAdapter(_PretrainedBackbone, VRWKVAdapter):
+    """VRWKV + ViT-Adapter (official ADE20K backbone): four maps at strides 4, 8, 16 and 32.
+
+    ``norm_cfg`` is the batch norm of the spatial prior and of the outputs (official: SyncBN; use
+    BN for CPU multi-process training). Input sides must be multiples of 32.
+    """
+
+    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_channels: int = 3,
+                 embed_dims: int = 192, depth: int = 12, drop_rate: float = 0., drop_path_rate: float = 0.,
+                 hidden_rate: float = 4, channel_gamma: float = 0.25, shift_pixel: int = 1, init_mode: str = 'fancy',
+                 init_values: Optional[float] = None, post_norm: bool = False, key_norm: bool = False,
+                 wkv_mode: str = 'raster', interpolate_mode: str = 'bicubic',
+                 interaction_indexes: Sequence[Sequence[int]] = ((0, 2), (3, 5), (6, 8), (9, 11)),
+                 conv_inplane: int = 64, n_points: int = 4, deform_num_heads: int = 6,
+                 init_values_inject: float = 0., with_cffn: bool = True, cffn_ratio: float = 0.25,
+                 deform_ratio: float = 1.0, add_rwkv_feature: bool = True, use_extra_extractor: bool = True,
+                 norm_cfg: Optional[dict] = None, with_cp: bool = False, pretrained: Optional[str] = None,
+                 init_cfg: Optional[dict] = None):
+        norm_cfg = dict(type='SyncBN', requires_grad=True) if norm_cfg is None else norm_cfg
+        super().__init__(
+            interaction_indexes=interaction_indexes, conv_inplane=conv_inplane, n_points=n_points,
+            deform_num_heads=deform_num_heads, init_values_inject=init_values_inject, with_cffn=with_cffn,
+            cffn_ratio=cffn_ratio, deform_ratio=deform_ratio, add_rwkv_feature=add_rwkv_feature,
+            use_extra_extractor=use_extra_extractor, norm_layer=_norm_builder(norm_cfg),
+            **_vrwkv_kwargs(img_size, patch_size, in_channels, embed_dims, depth, drop_rate, drop_path_rate,
+                            hidden_rate, channel_gamma, shift_pixel, init_mode, init_values, post_norm, key_norm,
+                            wkv_mode, interpolate_mode))
+        self.checkpoint = _checkpoint_path(init_cfg, pretrained)
+        self.set_grad_checkpointing(with_cp)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.forward_pyramid(x)
+
+
+def _norm_builder(norm_cfg: dict):
+    """``norm_cfg`` (mmcv ``build_norm_layer`` config) -> a ``num_features -> nn.Module`` factory."""
+    from mmcv.cnn import build_norm_layer
+
+    def build(num_features: int) -> torch.nn.Module:
+        return build_norm_layer(norm_cfg, num_features)[1]
+
+    return build
