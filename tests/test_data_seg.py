@@ -13,7 +13,7 @@ from PIL import Image
 
 from vision_rwkv.data import SEG_TOY_CLASSES, SHAPE_CLASSES, make_segmentation_set, segmentation_sample
 from vision_rwkv.data.generate import META_FILE, classification_image
-from vision_rwkv.data.segmentation import SEG_CLASSES
+from vision_rwkv.data.segmentation import BACKGROUND_CONTRAST, SEG_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=32, train_images=4, val_images=3, max_shapes=3)
@@ -63,7 +63,8 @@ def test_layout_pairs_every_image_with_its_label_map(tmp_path):
         index = int(pairs[-1][0].stem[-5:])
         assert np.array_equal(_read_label(pairs[-1][1]), segmentation_sample(0, split, index, 32, 3)[1])
     meta = json.loads((root / META_FILE).read_text())
-    assert meta == dict(SMALL, kind='segmentation', classes=list(SEG_TOY_CLASSES), seed=0)
+    assert meta == dict(SMALL, kind='segmentation', classes=list(SEG_TOY_CLASSES), seed=0,
+                        background_contrast=BACKGROUND_CONTRAST)
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):

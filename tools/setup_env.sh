@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install vision_rwkv with its pinned torch. Idempotent; safe to re-run.
+# Create .venv (once) and install vision_rwkv with its pinned torch, mmcv (built from source once)
+# and mmsegmentation. Idempotent; safe to re-run.
 #
 # torch is installed with --isolated so pip ignores local find-links of CPU-only torch wheels:
 # torchvision (which timm imports) only loads with the regular torch build of the package index.
@@ -19,4 +20,12 @@ if ! .venv/bin/python -c "import torch, torchvision; assert torch.__version__.sp
   [ -f "$cert" ] && cert_args=(--cert "$cert")
   .venv/bin/pip install --isolated "${cert_args[@]}" --default-timeout 180 $TORCH_PINS
 fi
-.venv/bin/pip install -e ".[dev]"
+# mmsegmentation 1.2.2 needs mmcv 2.1.0 with its compiled ops, which has no wheel for this torch:
+# build it from source once (about 17 minutes on 2 cores). pip caches the built wheel, so a new venv
+# reuses it; the cache is only valid for the pinned torch above. FORCE_CUDA=1 builds the CUDA ops too.
+if ! .venv/bin/python -c "import mmcv.ops" 2>/dev/null; then
+  .venv/bin/pip install "setuptools<70" wheel ninja
+  MMCV_WITH_OPS=1 FORCE_CUDA=${FORCE_CUDA:-0} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+    .venv/bin/pip install --no-build-isolation mmcv==2.1.0
+fi
+.venv/bin/pip install -e ".[dev,seg]"

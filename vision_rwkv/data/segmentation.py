@@ -48,6 +48,8 @@ SEG_TOY_CLASSES = tuple(c.name for c in SEG_CLASSES)
 UNLABELLED = 0
 # objects are large: circumradius between 20 % and 40 % of the image side
 RADIUS_RANGE = (0.2, 0.4)
+# background textures are labelled classes here, so they are drawn with a visible contrast
+BACKGROUND_CONTRAST = 60.0
 # smallest image side at which the smallest ring keeps pixels inside its unlabelled boundary band
 MIN_IMAGE_SIZE = 32
 # third entry of the generator seed; classification uses the class index (< 8) there
@@ -92,7 +94,7 @@ def segmentation_sample(seed: int, split: str, index: int, image_size: int = 128
     labels = list(rng.integers(len(_OBJECT_KINDS), size=rng.integers(1, max_shapes + 1)))
     size = (image_size, image_size)
     image, instances = render_scene(rng, size, _OBJECT_KINDS, labels, radius_range=RADIUS_RANGE,
-                                    background=background)
+                                    background=background, contrast=BACKGROUND_CONTRAST)
     return image, _unlabel_boundaries(_label_map(size, _BACKGROUND_IDS[background], instances))
 
 
@@ -113,7 +115,8 @@ def make_segmentation_set(root: str | os.PathLike, image_size: int = 128, train_
     _check_count('val_images', val_images, 1)
     _check_count('max_shapes', max_shapes, 1)
     _check_count('seed', seed, 0)
-    params = dict(kind='segmentation', classes=list(SEG_TOY_CLASSES), image_size=image_size,
+    params = dict(kind='segmentation', classes=list(SEG_TOY_CLASSES), background_contrast=BACKGROUND_CONTRAST,
+                  image_size=image_size,
                   train_images=train_images, val_images=val_images, max_shapes=max_shapes, seed=seed)
 
     def fill(tmp: Path) -> None:

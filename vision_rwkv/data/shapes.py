@@ -98,16 +98,20 @@ def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -
     return np.asarray(Image.fromarray(grid).resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32)
 
 
-def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _two_colours(rng: np.random.Generator, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """A random colour and a second one about ``spread`` (per-channel std) away from it."""
     a = rng.uniform(0, 255, 3)
-    b = np.clip(a + rng.normal(0, 15, 3), 0, 255)
+    b = np.clip(a + rng.normal(0, spread, 3), 0, 255)
     return a, b
 
 
-def render_background(rng: np.random.Generator, size: tuple[int, int], kind: str | None = None) -> np.ndarray:
+def render_background(rng: np.random.Generator, size: tuple[int, int], kind: str | None = None,
+                      contrast: float = 15.0) -> np.ndarray:
     """A textured background (H, W, 3) float32 in [0, 255]: smooth noise, stripes or a checkerboard.
 
     ``kind`` is one of ``BACKGROUND_KINDS``; ``None`` draws it from ``rng`` first (one draw more).
+    ``contrast`` is the per-channel std of the colour difference of stripes and checkers (low by
+    default: for classification the background is clutter; segmentation labels it, so raises it).
     """
     h, w = size
     if kind is None:
@@ -119,7 +123,7 @@ def render_background(rng: np.random.Generator, size: tuple[int, int], kind: str
         img = noise.mean(axis=(0, 1)) + 0.3 * (noise - noise.mean(axis=(0, 1)))
     else:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        a, b = _two_colours(rng)
+        a, b = _two_colours(rng, contrast)
         if kind == 'stripes':
             theta, period = rng.uniform(0, math.pi), rng.uniform(4, 16) * max(h, w) / 64
             t = 0.5 + 0.5 * np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period)
@@ -141,7 +145,8 @@ def _fill_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
 
 def render_scene(rng: np.random.Generator, size: tuple[int, int], classes: tuple[str, ...],
                  labels: list[int], radius_range: tuple[float, float] = (0.3, 0.45),
-                 background: str | None = None) -> tuple[np.ndarray, list[ShapeInstance]]:
+                 background: str | None = None, contrast: float = 15.0
+                 ) -> tuple[np.ndarray, list[ShapeInstance]]:
     """Draw ``labels`` (indices into ``classes``) as shapes, later ones on top of earlier ones.
 
     Args:
@@ -151,6 +156,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], classes: tuple
         labels: the class index of each shape, in drawing order.
         radius_range: circumradius as a fraction of min(H, W).
         background: the texture kind from ``BACKGROUND_KINDS``; ``None`` draws it from ``rng``.
+        contrast: texture contrast of the background (see ``render_background``).
 
     Returns:
         image: (H, W, 3) uint8 RGB.
@@ -158,7 +164,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], classes: tuple
             shapes hidden entirely by later ones are dropped.
     """
     h, w = size
-    img = render_background(rng, size, background)
+    img = render_background(rng, size, background, contrast)
     masks: list[np.ndarray] = []
     for label in labels:
         radius = rng.uniform(*radius_range) * min(h, w)

@@ -4,18 +4,17 @@
 # classes named after ADE20K categories so that labels are real ADE20K ids; 1000 training and 100
 # validation images; region boundaries are unlabelled (0, ignored through reduce_zero_label).
 dataset_type = 'ADE20KDataset'
-data_root = 'data/shapes_ade'
+data_root = 'data/shapes_ade64'
 classes = ('sky', 'wall', 'floor', 'ball', 'box', 'signboard', 'flag', 'plate')
 num_classes = len(classes)
-crop_size = (128, 128)
-generate = dict(image_size=128, train_images=1000, val_images=100, max_shapes=3, seed=0)
+crop_size = (64, 64)
+generate = dict(image_size=64, train_images=1000, val_images=100, max_shapes=3, seed=0)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadCheckedAnnotations', num_classes=num_classes),
     dict(type='RandomResize', scale=crop_size, ratio_range=(0.8, 1.25), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
@@ -25,7 +24,7 @@ test_pipeline = [
 ]
 
 train_dataloader = dict(
-    batch_size=8,
+    batch_size=16,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),

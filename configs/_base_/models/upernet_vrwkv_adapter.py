@@ -1,7 +1,6 @@
 # UperNet on the VRWKV-Adapter pyramid with an auxiliary FCN head (official Vision-RWKV ADE20K model;
 # the size configs set the backbone width and the class count).
 norm_cfg = dict(type='SyncBN', requires_grad=True)
-crop_size = (512, 512)
 data_preprocessor = dict(
     type='SegDataPreProcessor',
     mean=[123.675, 116.28, 103.53],
@@ -9,7 +8,7 @@ data_preprocessor = dict(
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,
-    size=crop_size,
+    size=(512, 512),  # pad training batches to the crop
 )
 model = dict(
     type='EncoderDecoder',
@@ -54,5 +53,5 @@ model = dict(
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4),
     ),
     train_cfg=dict(),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)),
+    test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)),
 )
