@@ -106,7 +106,10 @@ def spatial_mix_float64(att, x, grid):
     p = {k: v.double() for k, v in att.state_dict().items()}
     x = x.double()
     xx = q_shift(x, grid)
-    mix = lambda m: x * m + xx * (1 - m)
+
+    def mix(m):
+        return x * m + xx * (1 - m)
+
     k = mix(p['spatial_mix_k']) @ p['key.weight'].T
     v = mix(p['spatial_mix_v']) @ p['value.weight'].T
     r = mix(p['spatial_mix_r']) @ p['receptance.weight'].T

@@ -202,7 +202,8 @@ def test_bad_label_files_give_errors_naming_the_file(tmp_path, case, message):
 
 def test_one_line_error_from_a_dataloader_worker():
     message = ('Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n'
-               '  File "x.py", line 1, in f\nvision_rwkv.data.image_folder.DatasetError: a.png: annotation file missing\n')
+               '  File "x.py", line 1, in f\n'
+               'vision_rwkv.data.image_folder.DatasetError: a.png: annotation file missing\n')
     assert _one_line(DatasetError(message)) == 'a.png: annotation file missing'
     assert _one_line(DatasetError('plain')) == 'plain'
 
@@ -270,7 +271,8 @@ def test_train_test_and_segment_tools(tmp_path):
 
     bad = run(osp.join(ROOT, 'tools', 'segment.py'), config, checkpoint, str(tmp_path / 'none.jpg'), '--out',
               str(overlay), cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [f'error: image {tmp_path}/none.jpg does not exist']
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f'error: image {tmp_path}/none.jpg does not exist']
 
 
 def test_train_stops_with_one_line_when_an_annotation_is_missing(tmp_path):

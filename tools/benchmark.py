@@ -115,7 +115,10 @@ def table(rows: List[Dict]) -> str:
     if not rows:
         return '(none)'
     keys = list(rows[0])
-    fmt = lambda v: f'{v:.2f}' if isinstance(v, float) else str(v)
+
+    def fmt(v):
+        return f'{v:.2f}' if isinstance(v, float) else str(v)
+
     lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
     lines += ['| ' + ' | '.join(fmt(r[k]) for k in keys) + ' |' for r in rows]
     return '\n'.join(lines)

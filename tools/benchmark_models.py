@@ -52,7 +52,7 @@ def bench_cuda(sizes: List[int]) -> List[Dict]:
                 model = _create(name, size, 'cuda', torch.bfloat16)
                 torch.cuda.reset_peak_memory_stats()
                 with torch.inference_mode():
-                    ms = measure(lambda: model(x), torch.cuda.synchronize, min_time=1.0, max_reps=20)
+                    ms = measure(lambda m=model: m(x), torch.cuda.synchronize, min_time=1.0, max_reps=20)
                 rows.append(dict(family=family, model=name, img_size=size, batch=batch,
                                  images_per_s=batch / ms * 1e3,
                                  peak_mem_GiB=torch.cuda.max_memory_allocated() / 2 ** 30))

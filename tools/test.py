@@ -27,7 +27,7 @@ def main():
     setup_launcher(cfg, args.launcher, args.local_rank)
     cfg.load_from = args.checkpoint
     runner = build_runner(cfg)
-    metrics = runner.test()
+    metrics = {k: float(v) for k, v in runner.test().items()}  # numpy scalars (mmseg) -> JSON floats
     if runner.rank == 0:
         print('metrics: ' + '  '.join(f'{k}: {v:.2f}' for k, v in metrics.items()), flush=True)
         if args.out:

@@ -65,7 +65,8 @@ class SpatialPriorModule(nn.Module):
     (B, H·W/1024, D).
     """
 
-    def __init__(self, inplanes: int = 64, embed_dim: int = 384, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+    def __init__(self, inplanes: int = 64, embed_dim: int = 384,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
 
         def conv_bn_relu(cin: int, cout: int, stride: int) -> List[nn.Module]:
@@ -126,7 +127,8 @@ class Injector(nn.Module):
     """Backbone tokens += gamma · deformable attention to the spatial prior levels."""
 
     def __init__(self, dim: int, num_heads: int = 6, n_points: int = 4, n_levels: int = 3,
-                 deform_ratio: float = 1.0, init_values: float = 0., norm_layer: Callable[[int], nn.Module] = LayerNorm6):
+                 deform_ratio: float = 1.0, init_values: float = 0.,
+                 norm_layer: Callable[[int], nn.Module] = LayerNorm6):
         super().__init__()
         self.query_norm = norm_layer(dim)
         self.feat_norm = norm_layer(dim)
