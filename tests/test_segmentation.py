@@ -113,12 +113,17 @@ def test_layer_decay_and_weight_decay_as_official(tmp_path):
 def test_plain_vrwkv_backbone_outputs_at_out_indices():
     init_default_scope('mmseg')
     backbone = MODELS.build(dict(type='VRWKV', img_size=64, embed_dims=48, depth=4, out_indices=(1, -1)))
-    outs = backbone(torch.randn(2, 3, 64, 96))
+    x = torch.randn(2, 3, 64, 96)
+    outs = backbone(x)
     assert [tuple(o.shape) for o in outs] == [(2, 48, 4, 6), (2, 48, 4, 6)]
     # the final norm applies to the last block's output only, as in the official backbone
-    last = outs[1].flatten(2).transpose(1, 2)
-    assert torch.allclose(last.mean(-1), torch.zeros(()), atol=1e-5)
-    assert not torch.allclose(outs[0].flatten(2).transpose(1, 2).mean(-1), torch.zeros(()), atol=1e-3)
+    raw = backbone.forward_intermediates(x, indices=[1, 3], output_fmt='NLC', intermediates_only=True)
+
+    def as_map(tokens):
+        return tokens.transpose(1, 2).reshape(2, 48, 4, 6)
+
+    assert torch.allclose(outs[0], as_map(raw[0]), atol=1e-6)
+    assert torch.allclose(outs[1], as_map(backbone.ln1(raw[1])), atol=1e-6)
     with pytest.raises(Exception, match='out_indices'):
         MODELS.build(dict(type='VRWKV', img_size=64, embed_dims=48, depth=4, out_indices=(4,)))
 
@@ -148,6 +153,12 @@ def embedded_split(root, split='validation', pipeline=None, num_classes=8):
         dataset=dict(type='ADE20KDataset', data_root=str(root), metainfo=dict(classes=SEG_TOY_CLASSES),
                      data_prefix=dict(img_path=f'images/{split}', seg_map_path=f'annotations/{split}'),
                      pipeline=pipeline)))
+
+
+def test_toy_config_names_the_generator_classes():
+    cfg = load_config(TOY_CONFIG, None, None)
+    assert tuple(cfg.classes) == SEG_TOY_CLASSES and cfg.num_classes == len(SEG_TOY_CLASSES)
+    assert cfg.model.decode_head.num_classes == cfg.model.auxiliary_head.num_classes == len(SEG_TOY_CLASSES)
 
 
 def test_embedded_dataset_is_written_then_read_by_ade20kdataset(tmp_path):

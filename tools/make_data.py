@@ -2,7 +2,7 @@
 
     python tools/make_data.py classification --out data/shapes_cls [--classes circle,star,...]
         [--train-per-class 1000] [--val-per-class 100] [--image-size 32] [--seed 0]
-    python tools/make_data.py segmentation --out data/shapes_ade [--image-size 128]
+    python tools/make_data.py segmentation --out data/shapes_ade [--image-size 64]
         [--train-images 1000] [--val-images 100] [--max-shapes 3] [--seed 0]
 
 The classification defaults are those of configs/_base_/datasets/shapes_cls_32.py, so running this
@@ -28,7 +28,7 @@ def parse_args():
     cls.add_argument('--seed', type=int, default=0)
     seg = sub.add_parser('segmentation', help='ADE20K-layout semantic segmentation set: shapes on textures')
     seg.add_argument('--out', default='data/shapes_ade')
-    seg.add_argument('--image-size', type=int, default=128)
+    seg.add_argument('--image-size', type=int, default=64)
     seg.add_argument('--train-images', type=int, default=1000)
     seg.add_argument('--val-images', type=int, default=100)
     seg.add_argument('--max-shapes', type=int, default=3)

@@ -81,7 +81,7 @@ def _unlabel_boundaries(label: np.ndarray) -> np.ndarray:
     return np.where(boundary, np.uint8(UNLABELLED), label)
 
 
-def segmentation_sample(seed: int, split: str, index: int, image_size: int = 128, max_shapes: int = 3
+def segmentation_sample(seed: int, split: str, index: int, image_size: int = 64, max_shapes: int = 3
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Image number ``index`` of ``split`` and its label map.
 
@@ -103,7 +103,7 @@ def _check_count(name: str, value: int, minimum: int) -> None:
         raise ValueError(f'{name} must be an integer ≥ {minimum}, got {value!r}')
 
 
-def make_segmentation_set(root: str | os.PathLike, image_size: int = 128, train_images: int = 1000,
+def make_segmentation_set(root: str | os.PathLike, image_size: int = 64, train_images: int = 1000,
                           val_images: int = 100, max_shapes: int = 3, seed: int = 0) -> Path:
     """Write (or reuse) the ADE20K-layout segmentation set of shapes and return its root.
 

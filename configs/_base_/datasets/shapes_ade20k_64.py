@@ -1,10 +1,10 @@
 # The embedded segmentation set (vision_rwkv.data.make_segmentation_set) in ADE20K's layout, written
-# to data/shapes_ade on first use and read by mmseg's own ADE20KDataset: 128×128 scenes of one
+# to data/shapes_ade on first use and read by mmseg's own ADE20KDataset: 64×64 scenes of one
 # background texture (sky / wall / floor) and 1-3 shapes (ball / box / signboard / flag / plate), the
 # classes named after ADE20K categories so that labels are real ADE20K ids; 1000 training and 100
 # validation images; region boundaries are unlabelled (0, ignored through reduce_zero_label).
 dataset_type = 'ADE20KDataset'
-data_root = 'data/shapes_ade64'
+data_root = 'data/shapes_ade'
 classes = ('sky', 'wall', 'floor', 'ball', 'box', 'signboard', 'flag', 'plate')
 num_classes = len(classes)
 crop_size = (64, 64)
