@@ -258,6 +258,7 @@ def test_train_test_and_segment_tools(tmp_path):
     train = run(osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', str(work), cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     assert 'mIoU' in train.stdout + train.stderr
+    assert (work / 'curves.png').is_file()
     checkpoint = str(work / 'iter_4.pth')
     metrics = tmp_path / 'metrics.json'
     test = run(osp.join(ROOT, 'tools', 'test.py'), config, checkpoint, '--work-dir', str(work), '--out',

@@ -8,6 +8,7 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from mmengine.runner import IterBasedTrainLoop
 
 from .checkpoint import atomic_write
 from .errors import ConfigError
@@ -90,7 +91,7 @@ class TrainingCurvesHook(Hook):
             axes[1].plot(np.arange(1, len(lr) + 1), lr)
         axes[1].set(title='learning rate', xlabel='iteration')
         interval = getattr(runner.train_loop, 'val_interval', 1)
-        unit = 'epoch' if hasattr(runner.train_loop, 'max_epochs') else 'iteration'
+        unit = 'iteration' if isinstance(runner.train_loop, IterBasedTrainLoop) else 'epoch'
         for key in val_keys:
             values = scalars[key].data[0]
             axes[2].plot(interval * np.arange(1, len(values) + 1), values, marker='o', label=key[4:])
