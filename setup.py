@@ -23,6 +23,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     packages=['vision_rwkv', 'vision_rwkv.data', 'vision_rwkv.engine', 'vision_rwkv.layers', 'vision_rwkv.models',
+              'vision_rwkv.mmseg', 'vision_rwkv.sam', 'vision_rwkv.sam.modeling', 'vision_rwkv.sam.utils',
               'vision_rwkv.kernels'],
     package_dir={'vision_rwkv.kernels': 'kernels'},
     install_requires=[
@@ -41,5 +42,8 @@ setup(
         # mmcv 2.1.0 has no wheel for this torch: tools/setup_env.sh builds it from source first.
         # mmsegmentation 1.2.2 imports ftfy and regex without declaring them.
         'seg': ['mmsegmentation==1.2.2', 'mmcv==2.1.0', 'ftfy', 'regex'],
+        # RWKV-SAM: segment-anything's own predictor / mask generator work with our model (tested);
+        # pycocotools for COCO-format masks and RLE outputs
+        'sam': ['segment-anything==1.0', 'pycocotools'],
     },
 )

@@ -11,3 +11,13 @@ def test_kernels_import_path(tmp_path):
     )
     result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_setup_lists_every_subpackage():
+    """A regular (non-editable) install ships every package directory of vision_rwkv."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    setup = (root / 'setup.py').read_text()
+    for init in (root / 'vision_rwkv').rglob('__init__.py'):
+        name = '.'.join(init.parent.relative_to(root).parts)
+        assert f"'{name}'" in setup, f'{name} is missing from setup.py packages'

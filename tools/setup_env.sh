@@ -28,4 +28,4 @@ if ! .venv/bin/python -c "import mmcv.ops" 2>/dev/null; then
   MMCV_WITH_OPS=1 FORCE_CUDA=${FORCE_CUDA:-0} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     .venv/bin/pip install --no-build-isolation mmcv==2.1.0
 fi
-.venv/bin/pip install -e ".[dev,seg]"
+.venv/bin/pip install -e ".[dev,seg,sam]"

@@ -1,0 +1,82 @@
+"""Build RWKV-SAM variants: ``rwkv_sam_model_registry[name](checkpoint=None)`` as segment-anything."""
+from functools import partial
+from typing import Any, Dict, Optional
+
+import torch
+
+from .modeling.image_encoder import ENCODER_CONFIGS, RWKVSamImageEncoder
+from .modeling.mask_decoder import MultiScaleMaskDecoder
+from .modeling.prompt_encoder import PromptEncoder
+from .modeling.sam import RWKVSam
+from .modeling.transformer import TwoWayTransformer
+
+__all__ = ['build_rwkv_sam', 'load_rwkv_sam_checkpoint', 'rwkv_sam_model_registry']
+
+PROMPT_EMBED_DIM = 256
+EMBEDDING_STRIDE = 16
+
+
+def build_rwkv_sam(variant: str = 'small', checkpoint: Optional[str] = None, img_size: int = 1024,
+                   wkv_mode: str = 'raster', **encoder_kwargs: Any) -> RWKVSam:
+    """An RWKV-SAM in eval mode.
+
+    Args:
+        variant: 'tiny', 'small' or 'base' (see ``ENCODER_CONFIGS``).
+        checkpoint: weights file (``weights_only=True``): a state dict, or a ``tools/train.py``
+            checkpoint.
+        img_size: input side (multiple of 16); the embedding is img_size / 16 square and the
+            low-resolution masks are 4× that (256² at the default 1024).
+        wkv_mode: Bi-WKV scan of the RWKV blocks ('raster', 'cross' or '2d').
+        **encoder_kwargs: overrides of the variant's encoder arguments (e.g. ``depth``).
+    """
+    if variant not in ENCODER_CONFIGS:
+        raise ValueError(f'unknown RWKV-SAM variant {variant!r}; known: {sorted(ENCODER_CONFIGS)}')
+    if img_size % EMBEDDING_STRIDE:
+        raise ValueError(f'img_size must be a multiple of {EMBEDDING_STRIDE}, got {img_size}')
+    arch = dict(ENCODER_CONFIGS[variant], **encoder_kwargs)
+    encoder = RWKVSamImageEncoder(img_size=img_size, out_chans=PROMPT_EMBED_DIM, wkv_mode=wkv_mode, **arch)
+    grid = img_size // EMBEDDING_STRIDE
+    model = RWKVSam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(embed_dim=PROMPT_EMBED_DIM, image_embedding_size=(grid, grid),
+                                     input_image_size=(img_size, img_size), mask_in_chans=16),
+        mask_decoder=MultiScaleMaskDecoder(
+            transformer_dim=PROMPT_EMBED_DIM,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, num_heads=8, mlp_dim=2048),
+            num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256,
+            stride4_chans=arch['widths'][0], stride8_chans=arch['widths'][1]),
+    )
+    if checkpoint is not None:
+        load_rwkv_sam_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def _model_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The model's state dict inside a checkpoint: plain, ``state_dict`` / ``model`` wrapped, or with
+    the ``model.`` prefix of ``tools/train.py`` checkpoints."""
+    for key in ('state_dict', 'model'):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    prefix = 'model.'
+    if checkpoint and all(k.startswith(prefix) for k in checkpoint):
+        checkpoint = {k[len(prefix):]: v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def load_rwkv_sam_checkpoint(model: RWKVSam, path: str) -> None:
+    """Load all weights of ``path`` into ``model`` (strict; a clear error names what does not match)."""
+    state = _model_state(torch.load(path, map_location='cpu', weights_only=True))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f'{path} does not fit this RWKV-SAM: {len(result.missing_keys)} missing keys '
+                         f'(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected '
+                         f'(e.g. {result.unexpected_keys[:3]}); wrong variant or img_size?')
+
+
+rwkv_sam_model_registry = {
+    'default': partial(build_rwkv_sam, 'small'),
+    'tiny': partial(build_rwkv_sam, 'tiny'),
+    'small': partial(build_rwkv_sam, 'small'),
+    'base': partial(build_rwkv_sam, 'base'),
+}

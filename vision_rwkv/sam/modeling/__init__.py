@@ -1,0 +1,1 @@
+"""RWKV-SAM building blocks, laid out like segment-anything's ``modeling`` package."""

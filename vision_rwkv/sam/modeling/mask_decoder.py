@@ -1,0 +1,195 @@
+"""RWKV-SAM's mask decoder: segment-anything's ``MaskDecoder`` plus multiscale feature fusion.
+
+The SAM part keeps segment-anything's parameter names (``transformer``, ``iou_token``,
+``mask_tokens``, ``output_upscaling``, ``output_hypernetworks_mlps``, ``iou_prediction_head``), so
+a SAM mask decoder's weights load into it by name (``strict=False``: the fusion layers are new).
+
+Fusion (RWKV-SAM): after the 4× upscaling of the transformer's image tokens (C/8 channels at
+4h × 4w), the encoder's stride-4 and stride-8 maps are projected to C/8 channels at the same
+resolution, the three maps are concatenated, mixed by two 3×3 convolutions and the result is
+added to the upscaled embedding before the hypernetwork product with the mask tokens:
+
+    hr_feat_proj  (stride 4): conv3×3 stride4_chans→C/4, LayerNorm2d, act, conv3×3 C/4→C/8
+    mr_feat_proj  (stride 8): convT2×2 s2 stride8_chans→C/4, LayerNorm2d, act, conv3×3 C/4→C/8
+    mix_feat_proj: conv3×3 3C/8→C/4, LayerNorm2d, act, conv3×3 C/4→C/8 on
+                   cat([upscaled, stride-8 proj, stride-4 proj]), added to upscaled
+
+The names and the concatenation order are those of the upstream RWKV-SAM decoder
+(``SAMRWKVHRMaskDecoderMLPMerge``: hr = stride 4, mr = stride 8). The two projections depend on
+the image only, so they run once per image, before the per-prompt expansion.
+"""
+from typing import Any, List, Optional, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import LayerNorm2d
+from .transformer import TwoWayTransformer
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (segment-anything's ``MLP``)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
+                 sigmoid_output: bool = False):
+        super().__init__()
+        self.num_layers = num_layers
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims_in, dims_out))
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < self.num_layers - 1:
+                x = F.relu(x)
+        return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class MultiScaleMaskDecoder(nn.Module):
+    """Mask logits and IoU predictions from image features and prompt embeddings.
+
+    Args:
+        transformer_dim: channels C of the image embedding and of the prompt tokens.
+        transformer: the two-way transformer; None builds SAM's (depth 2, 8 heads, MLP 2048).
+        num_multimask_outputs: masks returned when ``multimask_output`` is True (one more token
+            is kept for the single-mask output).
+        activation: activation of the upscaling and fusion convolutions.
+        iou_head_depth, iou_head_hidden_dim: the IoU prediction MLP.
+        stride4_chans, stride8_chans: channels of the encoder's stride-4 and stride-8 maps.
+    """
+
+    def __init__(self, transformer_dim: int = 256, transformer: Optional[nn.Module] = None,
+                 num_multimask_outputs: int = 3, activation: Type[nn.Module] = nn.GELU, iou_head_depth: int = 3,
+                 iou_head_hidden_dim: int = 256, stride4_chans: int = 64, stride8_chans: int = 128):
+        super().__init__()
+        if transformer is None:
+            transformer = TwoWayTransformer(depth=2, embedding_dim=transformer_dim, num_heads=8, mlp_dim=2048)
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.stride4_chans = stride4_chans
+        self.stride8_chans = stride8_chans
+
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+
+        mid, out = transformer_dim // 4, transformer_dim // 8
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, mid, kernel_size=2, stride=2),
+            LayerNorm2d(mid),
+            activation(),
+            nn.ConvTranspose2d(mid, out, kernel_size=2, stride=2),
+            activation(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, out, 3) for _ in range(self.num_mask_tokens))
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+        self.hr_feat_proj = nn.Sequential(
+            nn.Conv2d(stride4_chans, mid, kernel_size=3, padding=1),
+            LayerNorm2d(mid),
+            activation(),
+            nn.Conv2d(mid, out, kernel_size=3, padding=1),
+        )
+        self.mr_feat_proj = nn.Sequential(
+            nn.ConvTranspose2d(stride8_chans, mid, kernel_size=2, stride=2),
+            LayerNorm2d(mid),
+            activation(),
+            nn.Conv2d(mid, out, kernel_size=3, padding=1),
+        )
+        self.mix_feat_proj = nn.Sequential(
+            nn.Conv2d(3 * out, mid, kernel_size=3, padding=1),
+            LayerNorm2d(mid),
+            activation(),
+            nn.Conv2d(mid, out, kernel_size=3, padding=1),
+        )
+
+    def forward(self, image_embeddings: Any, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
+                dense_prompt_embeddings: torch.Tensor, multimask_output: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Predict masks for B prompts (segment-anything's ``MaskDecoder.forward`` call).
+
+        Args:
+            image_embeddings: features with attributes ``embedding`` (F, C, h, w), ``stride4``
+                (F, stride4_chans, 4h, 4w) and ``stride8`` (F, stride8_chans, 2h, 2w), e.g. the image
+                encoder's ``ImageFeatures``. F = 1 (one image, shared by all prompts, as in
+                segment-anything) or F = B (one image per prompt).
+            image_pe: (1 or B, C, h, w) positional encoding (``PromptEncoder.get_dense_pe()``).
+            sparse_prompt_embeddings: (B, K, C).
+            dense_prompt_embeddings: (B or 1, C, h, w).
+            multimask_output: return the ``num_multimask_outputs`` masks (tokens 1..) instead of the
+                single-mask token 0.
+
+        Returns:
+            mask logits (B, M, 4h, 4w) and predicted IoU (B, M), M = num_multimask_outputs or 1.
+        """
+        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                             dense_prompt_embeddings)
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, selected], iou_pred[:, selected]
+
+    def _unpack_features(self, features: Any) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if isinstance(features, torch.Tensor):
+            raise TypeError('MultiScaleMaskDecoder needs the multiscale image features (an object with '
+                            '.embedding, .stride4 and .stride8, e.g. the image encoder\'s ImageFeatures), '
+                            f'not a plain tensor of shape {tuple(features.shape)}')
+        missing = [name for name in ('embedding', 'stride4', 'stride8') if not hasattr(features, name)]
+        if missing:
+            raise TypeError(f'image features of type {type(features).__name__} lack {missing}; expected '
+                            '.embedding, .stride4 and .stride8 (the image encoder\'s ImageFeatures)')
+        embedding, stride4, stride8 = features.embedding, features.stride4, features.stride8
+        if embedding.dim() != 4 or embedding.shape[1] != self.transformer_dim:
+            raise ValueError(f'features.embedding must be (F, {self.transformer_dim}, h, w), '
+                             f'got {tuple(embedding.shape)}')
+        n, _, h, w = embedding.shape
+        expected = {'stride4': (stride4, (n, self.stride4_chans, 4 * h, 4 * w)),
+                    'stride8': (stride8, (n, self.stride8_chans, 2 * h, 2 * w))}
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f'features.{name} must be {shape} for an embedding of shape '
+                                 f'{tuple(embedding.shape)}, got {tuple(tensor.shape)}')
+        return embedding, stride4, stride8
+
+    @staticmethod
+    def _per_prompt(x: torch.Tensor, num_prompts: int, name: str) -> torch.Tensor:
+        """(1 or B, ...) -> (B, ...): one image shared by every prompt, or one per prompt."""
+        if x.shape[0] == num_prompts:
+            return x
+        if x.shape[0] == 1:
+            return x.expand(num_prompts, *x.shape[1:])
+        raise ValueError(f'{name} has batch {x.shape[0]}; expected 1 (shared by all prompts) '
+                         f'or {num_prompts} (one per prompt)')
+
+    def predict_masks(self, image_embeddings: Any, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
+                      dense_prompt_embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits of all ``num_mask_tokens`` masks (B, T, 4h, 4w) and their IoU (B, T). See ``forward``."""
+        embedding, stride4, stride8 = self._unpack_features(image_embeddings)
+        num_prompts = sparse_prompt_embeddings.shape[0]
+
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
+        tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
+
+        src = self._per_prompt(embedding, num_prompts, 'features.embedding') + dense_prompt_embeddings
+        pos_src = self._per_prompt(image_pe, num_prompts, 'image_pe')
+        b, c, h, w = src.shape
+
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
+
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        stride8_feats = self._per_prompt(self.mr_feat_proj(stride8), num_prompts, 'features.stride8')
+        stride4_feats = self._per_prompt(self.hr_feat_proj(stride4), num_prompts, 'features.stride4')
+        upscaled = upscaled + self.mix_feat_proj(torch.cat([upscaled, stride8_feats, stride4_feats], dim=1))
+
+        hyper_in_list: List[torch.Tensor] = [mlp(mask_tokens_out[:, i, :])
+                                             for i, mlp in enumerate(self.output_hypernetworks_mlps)]
+        hyper_in = torch.stack(hyper_in_list, dim=1)
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        return masks, iou_pred

@@ -1,0 +1,1 @@
+"""Image and prompt transforms of RWKV-SAM (segment-anything conventions)."""
