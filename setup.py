@@ -44,6 +44,6 @@ setup(
         'seg': ['mmsegmentation==1.2.2', 'mmcv==2.1.0', 'ftfy', 'regex'],
         # RWKV-SAM: segment-anything's own predictor / mask generator work with our model (tested);
         # pycocotools for COCO-format masks and RLE outputs
-        'sam': ['segment-anything==1.0', 'pycocotools'],
+        'sam': ['segment-anything==1.0', 'pycocotools', 'scipy'],
     },
 )

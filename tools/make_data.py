@@ -4,15 +4,20 @@
         [--train-per-class 1000] [--val-per-class 100] [--image-size 32] [--seed 0]
     python tools/make_data.py segmentation --out data/shapes_ade [--image-size 64]
         [--train-images 1000] [--val-images 100] [--max-shapes 3] [--seed 0]
+    python tools/make_data.py coco --out data/shapes_coco [--image-size 64]
+        [--train-images 1000] [--val-images 100] [--max-shapes 4] [--seed 0]
 
 The classification defaults are those of configs/_base_/datasets/shapes_cls_32.py, so running this
 first and then the main job reuses the same files. The segmentation set uses ADE20K's layout and
 label ids (read it with mmsegmentation's ADE20KDataset and metainfo=dict(classes=SEG_TOY_CLASSES)).
+The coco set is an instance segmentation set in COCO's layout and json format (train/, val/,
+annotations/instances_{train,val}.json; polygon and RLE masks; categories = the shape kinds,
+COCO_CLASSES); pycocotools reads it, and it needs OpenCV and pycocotools to be written.
 """
 import argparse
 import sys
 
-from vision_rwkv.data import SHAPE_CLASSES, make_classification_set, make_segmentation_set
+from vision_rwkv.data import SHAPE_CLASSES, make_classification_set, make_coco_instance_set, make_segmentation_set
 
 
 def parse_args():
@@ -33,6 +38,13 @@ def parse_args():
     seg.add_argument('--val-images', type=int, default=100)
     seg.add_argument('--max-shapes', type=int, default=3)
     seg.add_argument('--seed', type=int, default=0)
+    coco = sub.add_parser('coco', help='COCO-format instance segmentation set: shapes on textures')
+    coco.add_argument('--out', default='data/shapes_coco')
+    coco.add_argument('--image-size', type=int, default=64)
+    coco.add_argument('--train-images', type=int, default=1000)
+    coco.add_argument('--val-images', type=int, default=100)
+    coco.add_argument('--max-shapes', type=int, default=4)
+    coco.add_argument('--seed', type=int, default=0)
     return parser.parse_args()
 
 
@@ -43,6 +55,11 @@ def write(args):
                                        train_per_class=args.train_per_class, val_per_class=args.val_per_class,
                                        image_size=args.image_size, seed=args.seed)
         return f'{root}: train/ and val/ in ImageFolder layout, parameters in {root}/generator.json'
+    if args.kind == 'coco':
+        root = make_coco_instance_set(args.out, image_size=args.image_size, train_images=args.train_images,
+                                      val_images=args.val_images, max_shapes=args.max_shapes, seed=args.seed)
+        return (f'{root}: train/, val/ and annotations/instances_{{train,val}}.json in COCO layout, '
+                f'parameters in {root}/generator.json')
     root = make_segmentation_set(args.out, image_size=args.image_size, train_images=args.train_images,
                                  val_images=args.val_images, max_shapes=args.max_shapes, seed=args.seed)
     return f'{root}: images/ and annotations/ in ADE20K layout, parameters in {root}/generator.json'

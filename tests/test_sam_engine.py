@@ -1,0 +1,112 @@
+"""RWKV-SAM on mmengine: the COCO instance data set, the trainer's modes, the metric and the tools."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.dataset import pseudo_collate
+from mmengine.optim import build_optim_wrapper
+
+from vision_rwkv.data import make_coco_instance_set
+from vision_rwkv.data.image_folder import DatasetError
+from vision_rwkv.engine.sam import PromptedMaskIoU, RWKVSamTrainer
+from vision_rwkv.engine.sam_data import CocoInstanceMasks
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOY = osp.join(ROOT, 'configs', 'sam', 'rwkv_sam_tiny_toy_shapes.py')
+TINY_SET = dict(image_size=32, train_images=6, val_images=2, max_shapes=3, seed=5)
+
+
+@pytest.fixture(scope='module')
+def coco_root(tmp_path_factory):
+    return str(make_coco_instance_set(tmp_path_factory.mktemp('coco') / 'set', **TINY_SET))
+
+
+def dataset(root, split='train', **kwargs):
+    return CocoInstanceMasks(root, f'annotations/instances_{split}.json', split, img_size=64, **kwargs)
+
+
+def test_dataset_items_match_the_annotations(coco_root):
+    from pycocotools.coco import COCO
+    data = dataset(coco_root)
+    item = data[0]
+    coco = COCO(osp.join(coco_root, 'annotations', 'instances_train.json'))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=data.ids[0]))
+    assert item['inputs'].shape == (3, 64, 64) and item['inputs'].dtype == torch.uint8
+    masks = item['data_samples'].masks
+    assert masks.shape == (len(anns), 64, 64) and masks.dtype == torch.bool
+    # nearest 2× upsampling of the 32 px annotation masks
+    expected = np.stack([coco.annToMask(a).repeat(2, 0).repeat(2, 1) for a in anns]).astype(bool)
+    assert np.array_equal(masks.numpy(), expected)
+    assert item['data_samples'].original_size == (32, 32)
+    jittered = dataset(coco_root, training=True, scale_range=(0.5, 1.5))[0]
+    assert max(jittered['inputs'].shape[1:]) <= 64
+    assert jittered['data_samples'].masks.shape[1:] == jittered['inputs'].shape[1:]
+
+
+def test_bad_annotation_files_are_named(coco_root, tmp_path):
+    with pytest.raises(DatasetError, match='annotation file missing'):
+        CocoInstanceMasks(str(tmp_path), 'none.json', 'train')
+    (tmp_path / 'broken.json').write_text('{"images": [')
+    with pytest.raises(DatasetError, match='broken.json: not a COCO instances file'):
+        CocoInstanceMasks(str(tmp_path), 'broken.json', 'train')
+    content = json.loads(open(osp.join(coco_root, 'annotations', 'instances_train.json')).read())
+    content['annotations'][0]['segmentation'] = {'size': [5, 5], 'counts': 'zz'}
+    (tmp_path / 'bad_rle.json').write_text(json.dumps(content))
+    bad = CocoInstanceMasks(coco_root, str(tmp_path / 'bad_rle.json'), 'train', img_size=64)
+    first = bad.ids.index(content['annotations'][0]['image_id'])
+    with pytest.raises(DatasetError, match='annotation 1 .*decodes to|annotation 1 .*malformed'):
+        bad[first]
+
+
+def test_trainer_loss_and_predict_modes(coco_root):
+    torch.manual_seed(0)
+    model = RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1), max_instances=2, correction_rounds=1)
+    optim = build_optim_wrapper(model, dict(optimizer=dict(type='AdamW', lr=1e-3)))
+    batch = pseudo_collate([dataset(coco_root, training=True)[i] for i in range(3)])
+    before = model.sam.mask_decoder.iou_token.weight.detach().clone()
+    log = model.train_step(batch, optim)
+    assert set(log) == {'loss', 'loss_focal', 'loss_dice', 'loss_iou'} and torch.isfinite(log['loss'])
+    assert not torch.equal(before, model.sam.mask_decoder.iou_token.weight)
+    model.eval()
+    outputs = model.val_step(pseudo_collate([dataset(coco_root, 'val')[i] for i in range(2)]))
+    assert len(outputs) == 2 and set(outputs[0]) == {'box_iou', 'point_iou', 'box_biou', 'point_biou'}
+    metric = PromptedMaskIoU()
+    metric.process(None, outputs)
+    result = metric.compute_metrics(metric.results)
+    assert set(result) == {'mIoU_box', 'mIoU_point', 'bIoU_box', 'bIoU_point'}
+    assert all(0.0 <= v <= 1.0 for v in result.values())
+    with pytest.raises(ValueError, match='mode'):
+        model(batch['inputs'], batch['data_samples'], mode='nope')
+
+
+def test_toy_config_trains_and_tests_through_the_tools(tmp_path):
+    config = tmp_path / 'tiny_sam.py'
+    config.write_text(f'''
+_base_ = [{TOY!r}]
+data_root = {str(tmp_path / 'coco')!r}
+generate = {TINY_SET!r}
+model = dict(img_size=64, encoder=dict(depth=1), max_instances=2)
+train_dataloader = dict(batch_size=3, dataset=dict(data_root=data_root, generate=generate, img_size=64))
+val_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root, generate=generate, img_size=64))
+test_dataloader = val_dataloader
+max_epochs = 1
+train_cfg = dict(max_epochs=1, val_interval=1)
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=2)]
+default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
+''')
+    work = tmp_path / 'work'
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    train = run(osp.join(ROOT, 'tools', 'train.py'), str(config), '--work-dir', str(work))
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert 'mIoU_box' in train.stdout + train.stderr
+    metrics = tmp_path / 'metrics.json'
+    test = run(osp.join(ROOT, 'tools', 'test.py'), str(config), str(work / 'epoch_1.pth'), '--out', str(metrics))
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert set(json.loads(metrics.read_text())) == {'mIoU_box', 'mIoU_point', 'bIoU_box', 'bIoU_point'}
