@@ -38,7 +38,7 @@ setup(
         'mmengine==0.10.7',
     ],
     extras_require={
-        'dev': ['pytest>=8', 'pytest-timeout'],
+        'dev': ['pytest>=8', 'pytest-timeout', 'scikit-image'],  # scikit-image: sample photos for demo tests
         # mmcv 2.1.0 has no wheel for this torch: tools/setup_env.sh builds it from source first.
         # mmsegmentation 1.2.2 imports ftfy and regex without declaring them.
         'seg': ['mmsegmentation==1.2.2', 'mmcv==2.1.0', 'ftfy', 'regex'],

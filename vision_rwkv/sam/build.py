@@ -53,14 +53,14 @@ def build_rwkv_sam(variant: str = 'small', checkpoint: Optional[str] = None, img
 
 def _model_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     """The model's state dict inside a checkpoint: plain, ``state_dict`` / ``model`` wrapped, or with
-    the ``model.`` prefix of ``tools/train.py`` checkpoints."""
+    the ``model.`` or ``sam.`` prefix (``tools/train.py`` checkpoints of ``RWKVSamTrainer``)."""
     for key in ('state_dict', 'model'):
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
             break
-    prefix = 'model.'
-    if checkpoint and all(k.startswith(prefix) for k in checkpoint):
-        checkpoint = {k[len(prefix):]: v for k, v in checkpoint.items()}
+    for prefix in ('model.', 'sam.'):
+        if checkpoint and all(k.startswith(prefix) for k in checkpoint):
+            checkpoint = {k[len(prefix):]: v for k, v in checkpoint.items()}
     return checkpoint
 
 
