@@ -78,7 +78,8 @@ def test_demo_bad_prompts_end_with_one_line(checkpoint, tmp_path, args, message)
 def test_demo_missing_and_corrupt_images(checkpoint, tmp_path):
     run = demo('--image', str(tmp_path / 'none.png'), '--checkpoint', checkpoint, '--auto', '--out',
                str(tmp_path / 'o.png'))
-    assert run.returncode == 2 and run.stderr.strip().splitlines() == [f'error: image {tmp_path}/none.png does not exist']
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f'error: image {tmp_path}/none.png does not exist']
     bad = tmp_path / 'bad.png'
     bad.write_bytes(b'\x89PNG broken')
     run = demo('--image', str(bad), '--checkpoint', checkpoint, '--auto', '--out', str(tmp_path / 'o.png'))
