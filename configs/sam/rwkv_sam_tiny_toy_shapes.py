@@ -1,6 +1,7 @@
 # RWKV-SAM on the embedded COCO-format shapes set (written to data/shapes_coco on first use): a tiny
 # encoder (4 RWKV blocks) at a 128 input, trained from scratch with box, point, correction-click and
 # mask prompts; validated with one box and one centre point per instance (mIoU and boundary IoU).
+_base_ = ['../_base_/default_runtime.py']
 custom_imports = dict(imports=['vision_rwkv.engine', 'vision_rwkv.engine.sam'], allow_failed_imports=False)
 
 img_size = 128
@@ -43,22 +44,6 @@ train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=2)
 val_cfg = dict()
 test_cfg = dict()
 
-default_hooks = dict(
-    runtime_info=dict(type='RuntimeInfoHook'),
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=25),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=2, max_keep_ckpts=1, save_last=True,
-                    backend_args=dict(backend='local_atomic')),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-)
-custom_hooks = [dict(type='PortableCheckpointHook'), dict(type='TrainingCurvesHook')]
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='nccl'))
-log_processor = dict(window_size=10, by_epoch=True)
-log_level = 'INFO'
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='Visualizer', vis_backends=vis_backends)
-load_from = None
-resume = False
+default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=2))
+custom_hooks = [dict(type='PortableCheckpointHook'), dict(type='TrainingCurvesHook')]  # not a classifier
 randomness = dict(seed=0, deterministic=False)
