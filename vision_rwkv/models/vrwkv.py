@@ -352,6 +352,14 @@ def _rename_head(key: str) -> str:
     return key
 
 
+def resample_square_pos_embed(pos_embed: torch.Tensor, model: VRWKV) -> torch.Tensor:
+    """A checkpoint's (1, S·S, C) position embedding of a square S×S grid -> ``model``'s grid."""
+    side = int(round(pos_embed.shape[1] ** 0.5))
+    if side * side != pos_embed.shape[1]:
+        raise ValueError(f'cannot infer the grid of a position embedding with {pos_embed.shape[1]} tokens')
+    return resample_pos_embed(pos_embed, (side, side), model.patch_embed.grid_size, model.interpolate_mode)
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, torch.Tensor]:
     """Convert an official Vision-RWKV checkpoint (or ours) to this model's state dict.
 
@@ -370,10 +378,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, 
         if key.startswith(_NON_BACKBONE_PREFIXES):
             continue
         if key == 'pos_embed' and value.shape != own['pos_embed'].shape:
-            old = int(round(value.shape[1] ** 0.5))
-            if old * old != value.shape[1]:
-                raise ValueError(f'cannot infer the grid of a position embedding with {value.shape[1]} tokens')
-            value = resample_pos_embed(value, (old, old), model.patch_embed.grid_size, model.interpolate_mode)
+            value = resample_square_pos_embed(value, model)
         elif key == 'patch_embed.projection.weight' and value.shape[1] != own[key].shape[1]:
             value = adapt_input_conv(own[key].shape[1], value)
         out[key] = value

@@ -17,11 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
-from vision_rwkv.layers import resample_pos_embed
 from vision_rwkv.layers.adapter import InteractionBlock, SpatialPriorModule, deform_inputs, pyramid_shapes
 from vision_rwkv.layers.ms_deform_attn import MSDeformAttn
 
-from .vrwkv import VRWKV, _strip_prefix, _unwrap_state_dict
+from .vrwkv import VRWKV, _strip_prefix, _unwrap_state_dict, resample_square_pos_embed
 
 __all__ = ['VRWKVAdapter', 'backbone_checkpoint_filter', 'load_backbone_checkpoint']
 
@@ -174,10 +173,7 @@ def backbone_checkpoint_filter(checkpoint: Dict[str, Any], model: VRWKV) -> Dict
         if key.startswith('ln1.') and key not in own:
             continue  # final norm of a classifier; the adapter has none
         if key == 'pos_embed' and key in own and value.shape != own[key].shape:
-            side = int(round(value.shape[1] ** 0.5))
-            if side * side != value.shape[1]:
-                raise ValueError(f'cannot infer the grid of a position embedding with {value.shape[1]} tokens')
-            value = resample_pos_embed(value, (side, side), model.patch_embed.grid_size, model.interpolate_mode)
+            value = resample_square_pos_embed(value, model)
         out[key] = value
     return out
 
