@@ -12,6 +12,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from .errors import ConfigError
+from .optim import timm_layer_ids
 
 
 def create_timm_model(model_name: str, **kwargs) -> torch.nn.Module:
@@ -90,7 +91,4 @@ class TimmClassifier(BaseModel):
 
         Uses the timm model's ``group_matcher``; parameters it does not match (the head) get the top index.
         """
-        from timm.models import group_parameters
-        ids = group_parameters(self.model, self.model.group_matcher(coarse=False), reverse=True)
-        top = max(ids.values(), default=0)
-        return {f'model.{n}': ids.get(n, top) for n, _ in self.model.named_parameters()}
+        return timm_layer_ids(self.model, prefix='model.')

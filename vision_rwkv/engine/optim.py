@@ -44,8 +44,17 @@ def layer_ids(model) -> dict[str, int]:
     if backbone is None or not hasattr(backbone, 'group_matcher'):
         raise ConfigError(f'layer_decay_rate needs a model with layer_ids() or a backbone with group_matcher(); '
                           f'{type(model).__name__} has neither')
+    depths = timm_layer_ids(backbone, prefix='backbone.')
+    top = max(depths.values(), default=0)
+    return {name: depths.get(name, top) for name, _ in model.named_parameters()}
+
+
+def timm_layer_ids(model, prefix: str = '') -> dict[str, int]:
+    """Depth of every parameter of a timm-style model from its ``group_matcher`` (0 = stem).
+
+    Parameters the matcher leaves out (a classifier head) get the largest depth. Names carry ``prefix``.
+    """
     from timm.models import group_parameters
-    groups = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    groups = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
     top = max(groups.values(), default=0)
-    return {name: groups.get(name[len('backbone.'):], top) if name.startswith('backbone.') else top
-            for name, _ in model.named_parameters()}
+    return {prefix + name: groups.get(name, top) for name, _ in model.named_parameters()}
