@@ -36,6 +36,11 @@ def _read_coco(ann_file: str):
     return coco
 
 
+def _resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W) bool masks -> (N, height, width), nearest neighbour."""
+    return np.stack([np.array(Image.fromarray(m).resize((width, height), Image.NEAREST)) for m in masks])
+
+
 @DATASETS.register_module()
 class CocoInstanceMasks(Dataset):
     """Images with all their instance masks, resized to a longest side of ``img_size``.
@@ -101,7 +106,7 @@ class CocoInstanceMasks(Dataset):
         h, w = ResizeLongestSide.get_preprocess_shape(image.shape[0], image.shape[1],
                                                       max(1, int(round(self.img_size * scale))))
         image = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-        masks = np.stack([np.array(Image.fromarray(m).resize((w, h), Image.NEAREST)) for m in masks])
+        masks = _resize_masks(masks, h, w)
         y0 = self.rng.integers(0, max(h - self.img_size, 0) + 1)
         x0 = self.rng.integers(0, max(w - self.img_size, 0) + 1)
         image = image[y0:y0 + self.img_size, x0:x0 + self.img_size]
@@ -111,22 +116,20 @@ class CocoInstanceMasks(Dataset):
         return np.ascontiguousarray(image), np.ascontiguousarray(masks)
 
     def _resize(self, image: np.ndarray, masks: np.ndarray):
-        h, w = ResizeLongestSide.get_preprocess_shape(image.shape[0], image.shape[1], self.img_size)
         image = self.transform.apply_image(image)
-        masks = np.stack([np.array(Image.fromarray(m).resize((w, h), Image.NEAREST)) for m in masks])
-        return image, masks
+        return image, _resize_masks(masks, *image.shape[:2])
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
         info = self.coco.loadImgs(image_id)[0]
-        image = np.asarray(load_rgb(osp.join(self.img_dir, info['file_name'])))
-        masks = self._masks(image_id, image.shape[0], image.shape[1])
-        original_size = image.shape[:2]
-        image, masks = self._jitter(image, masks) if self.training else self._resize(image, masks)
+        source = np.asarray(load_rgb(osp.join(self.img_dir, info['file_name'])))
+        source_masks = self._masks(image_id, source.shape[0], source.shape[1])
+        original_size = source.shape[:2]
+        transform = self._jitter if self.training else self._resize
+        image, masks = transform(source, source_masks)
         keep = masks.reshape(len(masks), -1).sum(1) >= self.min_area
         if not keep.any():  # every instance left the crop: use the whole image instead
-            image, masks = self._resize(np.asarray(load_rgb(osp.join(self.img_dir, info['file_name']))),
-                                        self._masks(image_id, *original_size))
+            image, masks = self._resize(source, source_masks)
             keep = masks.reshape(len(masks), -1).sum(1) > 0
         sample = BaseDataElement(masks=torch.from_numpy(masks[keep]),
                                  metainfo=dict(image_id=image_id, original_size=original_size))
