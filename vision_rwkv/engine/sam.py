@@ -58,10 +58,7 @@ class RWKVSamTrainer(BaseModel):
 
     def _decode(self, features, points=None, boxes=None, mask_input=None, multimask: bool = False):
         """Prompts of one image -> (B, C, S, S) logits at the input side, (B, C) IoU, low-res logits."""
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res, iou = self.sam.mask_decoder(image_embeddings=features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
-                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                             multimask_output=multimask)
+        low_res, iou = self.sam.decode_prompts(features, points, boxes, mask_input, multimask)
         size = self.sam.image_encoder.img_size
         return F.interpolate(low_res, (size, size), mode='bilinear', align_corners=False), iou, low_res
 

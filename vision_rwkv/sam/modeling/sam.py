@@ -5,7 +5,7 @@ are the same as ``segment_anything.modeling.Sam``; the image "embedding" the enc
 bundle (``ImageFeatures``: the 256-channel embedding plus the stride-4 and stride-8 maps) that the
 multiscale decoder takes as ``image_embeddings``.
 """
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -65,6 +65,19 @@ class RWKVSam(nn.Module):
         masks = masks[..., :input_size[0], :input_size[1]]
         return F.interpolate(masks, tuple(original_size), mode='bilinear', align_corners=False)
 
+    def decode_prompts(self, features: ImageFeatures, points: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                       boxes: Optional[torch.Tensor] = None, masks: Optional[torch.Tensor] = None,
+                       multimask_output: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Prompts on one image's features -> (B, C, 4h, 4w) low-resolution logits and (B, C) IoU.
+
+        ``points`` (B, N, 2) coordinates with (B, N) labels, ``boxes`` (B, 4) and ``masks``
+        (B, 1, 4h, 4w), all in the resized frame; C = 3 with ``multimask_output``, else 1.
+        """
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return self.mask_decoder(image_embeddings=features, image_pe=self.prompt_encoder.get_dense_pe(),
+                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                 multimask_output=multimask_output)
+
     def forward(self, batched_input: List[Dict[str, Any]], multimask_output: bool) -> List[Dict[str, torch.Tensor]]:
         """Segment a batch of prompted images end to end (segment-anything's records).
 
@@ -84,12 +97,8 @@ class RWKVSam(nn.Module):
         outputs = []
         for i, record in enumerate(batched_input):
             points = (record['point_coords'], record['point_labels']) if 'point_coords' in record else None
-            sparse, dense = self.prompt_encoder(points=points, boxes=record.get('boxes'),
-                                                masks=record.get('mask_inputs'))
-            low_res, iou = self.mask_decoder(image_embeddings=select_image(features, i),
-                                             image_pe=self.prompt_encoder.get_dense_pe(),
-                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                             multimask_output=multimask_output)
+            low_res, iou = self.decode_prompts(select_image(features, i), points, record.get('boxes'),
+                                               record.get('mask_inputs'), multimask_output)
             masks = self.postprocess_masks(low_res, record['image'].shape[-2:], record['original_size'])
             outputs.append(dict(masks=masks > self.mask_threshold, iou_predictions=iou, low_res_logits=low_res))
         return outputs
