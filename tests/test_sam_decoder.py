@@ -313,6 +313,26 @@ def test_decoder_shares_one_image_between_prompts(decoder):
     torch.testing.assert_close(again[1], iou, atol=1e-5, rtol=1e-5)
 
 
+def test_decoder_image_index_decodes_prompts_of_several_images(decoder):
+    """Prompts of F images in one call (image_index) = each image's prompts decoded on its own features."""
+    enc = prompt_encoder()
+    sparse, dense = prompts(enc, 5)
+    feats, pe = features(2), enc.get_dense_pe()
+    index = torch.tensor([1, 0, 1, 1, 0])
+    with torch.no_grad():
+        masks, iou = decoder(feats, pe, sparse, dense, multimask_output=False, image_index=index)
+        for image in (0, 1):
+            rows = index == image
+            one = Features(*(t[image:image + 1] for t in feats))
+            alone = decoder(one, pe, sparse[rows], dense[rows], multimask_output=False)
+            torch.testing.assert_close(alone[0], masks[rows], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(alone[1], iou[rows], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r'image_index values must lie in \[0, 2\)'):
+        decoder(feats, pe, sparse, dense, multimask_output=False, image_index=index + 1)
+    with pytest.raises(ValueError, match=r'image_index must have shape \(5,\)'):
+        decoder(feats, pe, sparse, dense, multimask_output=False, image_index=index[:3])
+
+
 def test_decoder_fusion_uses_both_maps(decoder):
     enc = prompt_encoder()
     sparse, dense = prompts(enc, 2)

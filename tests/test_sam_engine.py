@@ -1,4 +1,5 @@
 """RWKV-SAM on mmengine: the COCO instance data set, the trainer's modes, the metric and the tools."""
+import glob
 import json
 import os.path as osp
 import subprocess
@@ -13,7 +14,7 @@ from mmengine.optim import build_optim_wrapper
 from vision_rwkv.data import make_coco_instance_set
 from vision_rwkv.data.image_folder import DatasetError
 from vision_rwkv.engine.sam import PromptedMaskIoU, RWKVSamTrainer
-from vision_rwkv.engine.sam_data import CocoInstanceMasks
+from vision_rwkv.engine.sam_data import CocoInstanceMasks, SA1BMasks
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = osp.join(ROOT, 'configs', 'sam', 'rwkv_sam_tiny_toy_shapes.py')
@@ -110,3 +111,83 @@ default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
     test = run(osp.join(ROOT, 'tools', 'test.py'), str(config), str(work / 'epoch_1.pth'), '--out', str(metrics))
     assert test.returncode == 0, test.stderr[-3000:]
     assert set(json.loads(metrics.read_text())) == {'mIoU_box', 'mIoU_point', 'bIoU_box', 'bIoU_point'}
+
+
+def tiny_sam_teacher(checkpoint=None):
+    """A one-block segment-anything ViT (1024 input, 64×64 embedding) standing in for vit_b/l/h."""
+    from segment_anything.build_sam import _build_sam
+    return _build_sam(encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1, encoder_global_attn_indexes=[],
+                      checkpoint=checkpoint)
+
+
+def test_distillation_from_a_sam_teacher(coco_root, tmp_path, monkeypatch):
+    from segment_anything import sam_model_registry
+    monkeypatch.setitem(sam_model_registry, 'vit_test', tiny_sam_teacher)
+    torch.manual_seed(0)
+    reference = tiny_sam_teacher().eval()
+    path = tmp_path / 'teacher.pth'
+    torch.save(reference.state_dict(), path)
+    model = RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1), max_instances=2,
+                           teacher=dict(model_type='vit_test', checkpoint=str(path)), distill_weight=2.0)
+    assert torch.equal(model.teacher.image_encoder.patch_embed.proj.weight,
+                       reference.image_encoder.patch_embed.proj.weight)
+    assert not any('teacher' in k for k in model.state_dict())
+    assert not any('teacher' in n for n, _ in model.named_parameters())
+    batch = pseudo_collate([dataset(coco_root, training=True)[i] for i in range(2)])
+    losses = model(batch['inputs'], batch['data_samples'], mode='loss')
+    with torch.no_grad():
+        images = model._images(batch['inputs'])
+        target = reference.image_encoder(torch.nn.functional.interpolate(images, (1024, 1024), mode='bilinear'))
+        target = torch.nn.functional.interpolate(target, (4, 4), mode='bilinear')
+        embedding = model.sam.image_encoder(images).embedding
+    assert torch.allclose(losses['loss_distill'], 2 * torch.nn.functional.mse_loss(embedding, target), rtol=1e-4)
+    optim = build_optim_wrapper(model, dict(optimizer=dict(type='AdamW', lr=1e-3)))
+    log = model.train_step(batch, optim)
+    assert 'loss_distill' in log and torch.isfinite(log['loss'])
+    assert torch.equal(model.teacher.image_encoder.patch_embed.proj.weight,
+                       reference.image_encoder.patch_embed.proj.weight)  # the teacher stays frozen
+
+
+def test_bad_teachers_are_named(tmp_path, monkeypatch):
+    from segment_anything import sam_model_registry
+    monkeypatch.setitem(sam_model_registry, 'vit_test', tiny_sam_teacher)
+    with pytest.raises(ValueError, match="unknown SAM teacher 'vit_x'"):
+        RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1), teacher=dict(model_type='vit_x',
+                                                                                        checkpoint='x.pth'))
+    with pytest.raises(FileNotFoundError, match='missing.pth not found'):
+        RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1),
+                       teacher=dict(model_type='vit_test', checkpoint=str(tmp_path / 'missing.pth')))
+    other = tmp_path / 'other.pth'
+    torch.save({'image_encoder.foo': torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match='other.pth is not a segment-anything vit_test checkpoint'):
+        RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1),
+                       teacher=dict(model_type='vit_test', checkpoint=str(other)))
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(osp.join(ROOT, 'configs', 'sam', '*.py'))), ids=osp.basename)
+def test_sam_configs_pass_the_config_check_and_build(path):
+    from mmengine.registry import DATASETS, MODELS, OPTIM_WRAPPERS
+    from vision_rwkv.engine.launch import load_config
+    cfg = load_config(path, None, None)
+    model = MODELS.build(dict(cfg.model, img_size=64))
+    assert isinstance(model, RWKVSamTrainer) and model.teacher is None
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        assert DATASETS.get(loader.dataset.type) in (CocoInstanceMasks, SA1BMasks)
+    assert OPTIM_WRAPPERS.get(cfg.optim_wrapper.get('type', 'OptimWrapper')) is not None
+
+
+def test_training_losses_under_bfloat16_autocast(coco_root):
+    """The mixed-precision path (AmpOptimWrapper wraps the forward in autocast): finite float32 losses
+    close to the float32 ones (CPU autocast here; CUDA uses the same code)."""
+    torch.manual_seed(0)
+    model = RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1), max_instances=2, correction_rounds=1)
+    batch = pseudo_collate([dataset(coco_root)[i] for i in range(2)])
+    model.generator.manual_seed(1)
+    full = model(batch['inputs'], batch['data_samples'], mode='loss')
+    model.generator.manual_seed(1)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mixed = model(batch['inputs'], batch['data_samples'], mode='loss')
+    for key, value in mixed.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), key
+        assert abs(value.item() - full[key].item()) <= 0.05 * abs(full[key].item()) + 1e-3, key
+    mixed['loss_dice'].backward()

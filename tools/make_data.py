@@ -6,6 +6,8 @@
         [--train-images 1000] [--val-images 100] [--max-shapes 3] [--seed 0]
     python tools/make_data.py coco --out data/shapes_coco [--image-size 64]
         [--train-images 1000] [--val-images 100] [--max-shapes 4] [--seed 0]
+    python tools/make_data.py sa1b --out data/shapes_sa1b [--image-size 64] [--images 100]
+        [--split val] [--max-shapes 4] [--seed 0]
 
 The classification defaults are those of configs/_base_/datasets/shapes_cls_32.py, so running this
 first and then the main job reuses the same files. The segmentation set uses ADE20K's layout and
@@ -13,11 +15,14 @@ label ids (read it with mmsegmentation's ADE20KDataset and metainfo=dict(classes
 The coco set is an instance segmentation set in COCO's layout and json format (train/, val/,
 annotations/instances_{train,val}.json; polygon and RLE masks; categories = the shape kinds,
 COCO_CLASSES); pycocotools reads it, and it needs OpenCV and pycocotools to be written.
+The sa1b set holds the same images and instances as the coco set's split in SA-1B's layout
+(sa_<id>.jpg + sa_<id>.json, class-agnostic RLE masks).
 """
 import argparse
 import sys
 
-from vision_rwkv.data import SHAPE_CLASSES, make_classification_set, make_coco_instance_set, make_segmentation_set
+from vision_rwkv.data import (SHAPE_CLASSES, make_classification_set, make_coco_instance_set, make_sa1b_set,
+                              make_segmentation_set)
 
 
 def parse_args():
@@ -45,6 +50,13 @@ def parse_args():
     coco.add_argument('--val-images', type=int, default=100)
     coco.add_argument('--max-shapes', type=int, default=4)
     coco.add_argument('--seed', type=int, default=0)
+    sa1b = sub.add_parser('sa1b', help='SA-1B-layout set (per-image JSON, RLE masks) of the coco set\'s images')
+    sa1b.add_argument('--out', default='data/shapes_sa1b')
+    sa1b.add_argument('--image-size', type=int, default=64)
+    sa1b.add_argument('--images', type=int, default=100)
+    sa1b.add_argument('--split', default='val', choices=('train', 'val'))
+    sa1b.add_argument('--max-shapes', type=int, default=4)
+    sa1b.add_argument('--seed', type=int, default=0)
     return parser.parse_args()
 
 
@@ -60,6 +72,10 @@ def write(args):
                                       val_images=args.val_images, max_shapes=args.max_shapes, seed=args.seed)
         return (f'{root}: train/, val/ and annotations/instances_{{train,val}}.json in COCO layout, '
                 f'parameters in {root}/generator.json')
+    if args.kind == 'sa1b':
+        root = make_sa1b_set(args.out, image_size=args.image_size, num_images=args.images, split=args.split,
+                             max_shapes=args.max_shapes, seed=args.seed)
+        return f'{root}: sa_<id>.jpg and sa_<id>.json in SA-1B layout, parameters in {root}/generator.json'
     root = make_segmentation_set(args.out, image_size=args.image_size, train_images=args.train_images,
                                  val_images=args.val_images, max_shapes=args.max_shapes, seed=args.seed)
     return f'{root}: images/ and annotations/ in ADE20K layout, parameters in {root}/generator.json'

@@ -1,9 +1,15 @@
-"""COCO-format instance masks for RWKV-SAM training and prompted evaluation (mmengine data set)."""
+"""Instance masks for RWKV-SAM training and prompted evaluation (mmengine data sets).
+
+``CocoInstanceMasks`` reads COCO instance files (polygons and RLE), ``SA1BMasks`` SA-1B-style folders
+of per-image JSON files; both share the resizing, large-scale jitter and sample format of
+``InstanceMasks``.
+"""
 from __future__ import annotations
 
+import glob
 import json
 import os.path as osp
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +22,7 @@ from torch.utils.data import Dataset
 from ..data.image_folder import DatasetError, load_rgb
 from ..sam.utils.transforms import ResizeLongestSide
 
-__all__ = ['CocoInstanceMasks']
+__all__ = ['CocoInstanceMasks', 'InstanceMasks', 'SA1BMasks']
 
 
 def _read_coco(ann_file: str):
@@ -41,64 +47,38 @@ def _resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([np.array(Image.fromarray(m).resize((width, height), Image.NEAREST)) for m in masks])
 
 
-@DATASETS.register_module()
-class CocoInstanceMasks(Dataset):
+def _generate(writer, data_root: str, generate: Optional[dict]) -> None:
+    """Write an embedded set with ``writer(data_root, **generate)`` on local rank 0; other ranks wait."""
+    if generate is not None:
+        if get_local_rank() == 0:
+            writer(data_root, **generate)
+        barrier()
+
+
+class InstanceMasks(Dataset):
     """Images with all their instance masks, resized to a longest side of ``img_size``.
 
     Each item is ``dict(inputs=(3, h, w) uint8 RGB, data_samples=BaseDataElement(masks=(N, h, w) bool,
     metainfo: image_id, original_size))`` with max(h, w) = ``img_size`` (padding is the model's job).
-    Polygons and RLE segmentations are both decoded by pycocotools.
+    Subclasses implement ``__len__`` and ``_load(index) -> (image_id, (H, W, 3) uint8, (N, H, W) bool)``.
 
     Args:
-        data_root: folder of the set; ``ann_file`` and ``img_dir`` are relative to it.
-        ann_file: COCO instances JSON.
-        img_dir: image folder.
         img_size: the model's input side.
         training: apply large-scale jitter (random rescale by ``scale_range`` of the input side, then
             a random crop) and horizontal flips.
         scale_range: jitter range (LSJ uses (0.1, 2.0)).
         min_area: instances with fewer visible pixels (after the transform) are dropped.
-        generate: if given, arguments of ``vision_rwkv.data.make_coco_instance_set``: the embedded set
-            is written to ``data_root`` on first use (local rank 0; other ranks wait).
+        seed: seed of the jitter.
     """
 
-    def __init__(self, data_root: str, ann_file: str, img_dir: str, img_size: int = 1024, training: bool = False,
-                 scale_range: Sequence[float] = (0.1, 2.0), min_area: int = 4, generate: Optional[dict] = None,
-                 seed: int = 0):
-        if generate is not None:
-            from ..data import make_coco_instance_set
-            if get_local_rank() == 0:
-                make_coco_instance_set(data_root, **generate)
-            barrier()
-        self.ann_file = osp.join(data_root, ann_file)
-        self.img_dir = osp.join(data_root, img_dir)
-        self.coco = _read_coco(self.ann_file)
-        self.ids = sorted(i for i in self.coco.getImgIds() if self.coco.getAnnIds(imgIds=i, iscrowd=False))
-        if not self.ids:
-            raise DatasetError(f'{self.ann_file}: no image with an instance annotation')
+    def __init__(self, img_size: int = 1024, training: bool = False, scale_range: Sequence[float] = (0.1, 2.0),
+                 min_area: int = 4, seed: int = 0):
         self.transform = ResizeLongestSide(img_size)
         self.img_size, self.training, self.scale_range, self.min_area = img_size, training, scale_range, min_area
         self.rng = np.random.default_rng(seed)
-        cats = self.coco.loadCats(self.coco.getCatIds())
-        self.metainfo = dict(classes=tuple(c['name'] for c in cats))
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _masks(self, image_id: int, height: int, width: int) -> np.ndarray:
-        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, iscrowd=False))
-        masks = []
-        for ann in anns:
-            try:
-                mask = self.coco.annToMask(ann).astype(bool)
-            except (KeyError, TypeError, ValueError, IndexError) as e:
-                raise DatasetError(f'{self.ann_file}: annotation {ann.get("id")} of image {image_id} has a '
-                                   f'malformed segmentation ({type(e).__name__}: {e})') from e
-            if mask.shape != (height, width):
-                raise DatasetError(f'{self.ann_file}: annotation {ann.get("id")} decodes to {mask.shape[::-1]} '
-                                   f'(W, H) but image {image_id} is {width}×{height}')
-            masks.append(mask)
-        return np.stack(masks)
+    def _load(self, index: int) -> Tuple[int, np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
     def _jitter(self, image: np.ndarray, masks: np.ndarray):
         """Large-scale jitter: rescale to ``s × img_size`` longest side, random crop to ``img_size``, flip."""
@@ -120,10 +100,7 @@ class CocoInstanceMasks(Dataset):
         return image, _resize_masks(masks, *image.shape[:2])
 
     def __getitem__(self, index: int) -> dict:
-        image_id = self.ids[index]
-        info = self.coco.loadImgs(image_id)[0]
-        source = np.asarray(load_rgb(osp.join(self.img_dir, info['file_name'])))
-        source_masks = self._masks(image_id, source.shape[0], source.shape[1])
+        image_id, source, source_masks = self._load(index)
         original_size = source.shape[:2]
         transform = self._jitter if self.training else self._resize
         image, masks = transform(source, source_masks)
@@ -134,3 +111,138 @@ class CocoInstanceMasks(Dataset):
         sample = BaseDataElement(masks=torch.from_numpy(masks[keep]),
                                  metainfo=dict(image_id=image_id, original_size=original_size))
         return dict(inputs=torch.from_numpy(image).permute(2, 0, 1).contiguous(), data_samples=sample)
+
+
+@DATASETS.register_module()
+class CocoInstanceMasks(InstanceMasks):
+    """COCO instance segmentation files (polygons and RLE, decoded by pycocotools) as ``InstanceMasks``.
+
+    Images without a non-crowd instance are left out; crowd annotations are ignored.
+
+    Args:
+        data_root: folder of the set; ``ann_file`` and ``img_dir`` are relative to it.
+        ann_file: COCO instances JSON.
+        img_dir: image folder.
+        generate: if given, arguments of ``vision_rwkv.data.make_coco_instance_set``: the embedded set
+            is written to ``data_root`` on first use (local rank 0; other ranks wait).
+        img_size, training, scale_range, min_area, seed: see ``InstanceMasks``.
+    """
+
+    def __init__(self, data_root: str, ann_file: str, img_dir: str, img_size: int = 1024, training: bool = False,
+                 scale_range: Sequence[float] = (0.1, 2.0), min_area: int = 4, generate: Optional[dict] = None,
+                 seed: int = 0):
+        from ..data import make_coco_instance_set
+        _generate(make_coco_instance_set, data_root, generate)
+        super().__init__(img_size, training, scale_range, min_area, seed)
+        self.ann_file = osp.join(data_root, ann_file)
+        self.img_dir = osp.join(data_root, img_dir)
+        self.coco = _read_coco(self.ann_file)
+        self.ids = sorted(i for i in self.coco.getImgIds() if self.coco.getAnnIds(imgIds=i, iscrowd=False))
+        if not self.ids:
+            raise DatasetError(f'{self.ann_file}: no image with an instance annotation')
+        cats = self.coco.loadCats(self.coco.getCatIds())
+        self.metainfo = dict(classes=tuple(c['name'] for c in cats))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _masks(self, image_id: int, height: int, width: int) -> np.ndarray:
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, iscrowd=False))
+        masks = []
+        for ann in anns:
+            try:
+                mask = self.coco.annToMask(ann).astype(bool)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                raise DatasetError(f'{self.ann_file}: annotation {ann.get("id")} of image {image_id} has a '
+                                   f'malformed segmentation ({type(e).__name__}: {e})') from e
+            if mask.shape != (height, width):
+                raise DatasetError(f'{self.ann_file}: annotation {ann.get("id")} decodes to {mask.shape[::-1]} '
+                                   f'(W, H) but image {image_id} is {width}×{height}')
+            masks.append(mask)
+        return np.stack(masks)
+
+    def _load(self, index: int) -> Tuple[int, np.ndarray, np.ndarray]:
+        image_id = self.ids[index]
+        info = self.coco.loadImgs(image_id)[0]
+        image = np.asarray(load_rgb(osp.join(self.img_dir, info['file_name'])))
+        return image_id, image, self._masks(image_id, image.shape[0], image.shape[1])
+
+
+def _read_sa1b(path: str) -> Tuple[dict, List[dict]]:
+    """The ``image`` record and the ``annotations`` of one SA-1B JSON file; a clear error names a bad file."""
+    try:
+        with open(path) as f:
+            content = json.load(f)
+        image, annotations = content['image'], content['annotations']
+        if not isinstance(image, dict) or not isinstance(image['file_name'], str) or not isinstance(annotations, list):
+            raise TypeError('"image" must be an object with a file_name, "annotations" a list')
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DatasetError(f'{path}: not an SA-1B annotation file ({type(e).__name__}: {e})') from e
+    return image, annotations
+
+
+def _decode_rle(segmentation, height: int, width: int, where: str) -> np.ndarray:
+    """A COCO RLE (compressed or uncompressed) as an (H, W) bool mask of the image's size."""
+    from pycocotools import mask as mask_utils
+
+    try:
+        rle = dict(segmentation)
+        if list(rle['size']) != [height, width]:
+            raise ValueError(f'size {rle["size"]} differs from the image\'s [{height}, {width}]')
+        if isinstance(rle['counts'], list):
+            rle = mask_utils.frPyObjects(rle, height, width)
+        elif isinstance(rle['counts'], str):
+            rle['counts'] = rle['counts'].encode('ascii')
+        mask = mask_utils.decode(rle)
+    except (KeyError, TypeError, ValueError, IndexError, UnicodeEncodeError) as e:
+        raise DatasetError(f'{where} has a malformed RLE segmentation ({type(e).__name__}: {e})') from e
+    if mask.shape != (height, width):
+        raise DatasetError(f'{where} decodes to {mask.shape[::-1]} (W, H) but its image is {width}×{height}')
+    return mask.astype(bool)
+
+
+@DATASETS.register_module()
+class SA1BMasks(InstanceMasks):
+    """SA-1B-style folders as ``InstanceMasks``: ``sa_<id>.jpg`` with ``sa_<id>.json`` holding
+    ``{"image": {"image_id", "width", "height", "file_name"}, "annotations": [{"id", "segmentation": RLE, ...}]}``.
+
+    Masks are class-agnostic; files without annotations are left out.
+
+    Args:
+        data_root: folder of the JSON files.
+        img_dir: image folder relative to ``data_root`` ('' for SA-1B's flat layout).
+        pattern: glob of the annotation files in ``data_root``.
+        max_masks: keep at most this many masks of an image, the largest first (SA-1B has ~100 per image).
+        generate: if given, arguments of ``vision_rwkv.data.make_sa1b_set`` (written on first use).
+        img_size, training, scale_range, min_area, seed: see ``InstanceMasks``.
+    """
+
+    def __init__(self, data_root: str, img_dir: str = '', pattern: str = 'sa_*.json', img_size: int = 1024,
+                 training: bool = False, scale_range: Sequence[float] = (0.1, 2.0), min_area: int = 4,
+                 max_masks: Optional[int] = None, generate: Optional[dict] = None, seed: int = 0):
+        from ..data import make_sa1b_set
+        _generate(make_sa1b_set, data_root, generate)
+        super().__init__(img_size, training, scale_range, min_area, seed)
+        self.img_dir = osp.join(data_root, img_dir)
+        self.max_masks = max_masks
+        files = sorted(glob.glob(osp.join(glob.escape(data_root), pattern)))
+        if not files:
+            raise DatasetError(f'{data_root}: no SA-1B annotation file matches {pattern!r}')
+        self.files = [f for f in files if _read_sa1b(f)[1]]
+        if not self.files:
+            raise DatasetError(f'{data_root}: no SA-1B annotation file has an annotation')
+        self.metainfo = dict(classes=('object',))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> Tuple[int, np.ndarray, np.ndarray]:
+        path = self.files[index]
+        info, annotations = _read_sa1b(path)
+        image = np.asarray(load_rgb(osp.join(self.img_dir, info['file_name'])))
+        height, width = image.shape[:2]
+        if self.max_masks is not None:
+            annotations = sorted(annotations, key=lambda a: -float(a.get('area', 0)))[:self.max_masks]
+        masks = np.stack([_decode_rle(a.get('segmentation'), height, width, f'{path}: annotation {a.get("id")}')
+                          for a in annotations])
+        return int(info.get('image_id', index)), image, masks

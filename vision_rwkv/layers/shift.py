@@ -54,4 +54,4 @@ def shift_mix(
         One (B, N, C) tensor per ratio.
     """
     xx = q_shift(x, grid, shift_pixel, gamma)
-    return tuple(torch.lerp(xx, x, m) for m in mixes)
+    return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)  # autocast may hand in low-precision x

@@ -109,7 +109,8 @@ class MultiScaleMaskDecoder(nn.Module):
         )
 
     def forward(self, image_embeddings: Any, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor, multimask_output: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                dense_prompt_embeddings: torch.Tensor, multimask_output: bool,
+                image_index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for B prompts (segment-anything's ``MaskDecoder.forward`` call).
 
         Args:
@@ -122,12 +123,15 @@ class MultiScaleMaskDecoder(nn.Module):
             dense_prompt_embeddings: (B or 1, C, h, w).
             multimask_output: return the ``num_multimask_outputs`` masks (tokens 1..) instead of the
                 single-mask token 0.
+            image_index: optional (B,) long tensor: prompt b belongs to image ``image_index[b]`` of
+                the F images (prompts of several images decoded in one call; the image-only fusion
+                projections still run once per image).
 
         Returns:
             mask logits (B, M, 4h, 4w) and predicted IoU (B, M), M = num_multimask_outputs or 1.
         """
         masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                             dense_prompt_embeddings)
+                                             dense_prompt_embeddings, image_index)
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
 
@@ -154,8 +158,17 @@ class MultiScaleMaskDecoder(nn.Module):
         return embedding, stride4, stride8
 
     @staticmethod
-    def _per_prompt(x: torch.Tensor, num_prompts: int, name: str) -> torch.Tensor:
-        """(1 or B, ...) -> (B, ...): one image shared by every prompt, or one per prompt."""
+    def _per_prompt(x: torch.Tensor, num_prompts: int, name: str,
+                    image_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(F, ...) -> (B, ...): rows ``image_index`` if given, else one image shared by every
+        prompt (F = 1) or one per prompt (F = B)."""
+        if image_index is not None:
+            if image_index.shape != (num_prompts,):
+                raise ValueError(f'image_index must have shape ({num_prompts},), got {tuple(image_index.shape)}')
+            if len(image_index) and (int(image_index.min()) < 0 or int(image_index.max()) >= x.shape[0]):
+                raise ValueError(f'image_index values must lie in [0, {x.shape[0]}) for {name} of batch '
+                                 f'{x.shape[0]}, got {image_index.min().item()}..{image_index.max().item()}')
+            return x.index_select(0, image_index)
         if x.shape[0] == num_prompts:
             return x
         if x.shape[0] == 1:
@@ -164,7 +177,8 @@ class MultiScaleMaskDecoder(nn.Module):
                          f'or {num_prompts} (one per prompt)')
 
     def predict_masks(self, image_embeddings: Any, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                      dense_prompt_embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                      dense_prompt_embeddings: torch.Tensor, image_index: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Logits of all ``num_mask_tokens`` masks (B, T, 4h, 4w) and their IoU (B, T). See ``forward``."""
         embedding, stride4, stride8 = self._unpack_features(image_embeddings)
         num_prompts = sparse_prompt_embeddings.shape[0]
@@ -173,7 +187,7 @@ class MultiScaleMaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
 
-        src = self._per_prompt(embedding, num_prompts, 'features.embedding') + dense_prompt_embeddings
+        src = self._per_prompt(embedding, num_prompts, 'features.embedding', image_index) + dense_prompt_embeddings
         pos_src = self._per_prompt(image_pe, num_prompts, 'image_pe')
         b, c, h, w = src.shape
 
@@ -182,8 +196,8 @@ class MultiScaleMaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        stride8_feats = self._per_prompt(self.mr_feat_proj(stride8), num_prompts, 'features.stride8')
-        stride4_feats = self._per_prompt(self.hr_feat_proj(stride4), num_prompts, 'features.stride4')
+        stride8_feats = self._per_prompt(self.mr_feat_proj(stride8), num_prompts, 'features.stride8', image_index)
+        stride4_feats = self._per_prompt(self.hr_feat_proj(stride4), num_prompts, 'features.stride4', image_index)
         upscaled = upscaled + self.mix_feat_proj(torch.cat([upscaled, stride8_feats, stride4_feats], dim=1))
 
         hyper_in_list: List[torch.Tensor] = [mlp(mask_tokens_out[:, i, :])

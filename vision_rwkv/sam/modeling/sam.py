@@ -67,16 +67,19 @@ class RWKVSam(nn.Module):
 
     def decode_prompts(self, features: ImageFeatures, points: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                        boxes: Optional[torch.Tensor] = None, masks: Optional[torch.Tensor] = None,
-                       multimask_output: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Prompts on one image's features -> (B, C, 4h, 4w) low-resolution logits and (B, C) IoU.
+                       multimask_output: bool = False, image_index: Optional[torch.Tensor] = None
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """B prompts -> (B, C, 4h, 4w) low-resolution logits and (B, C) IoU.
 
         ``points`` (B, N, 2) coordinates with (B, N) labels, ``boxes`` (B, 4) and ``masks``
         (B, 1, 4h, 4w), all in the resized frame; C = 3 with ``multimask_output``, else 1.
+        ``features`` are one image's, shared by all prompts, unless ``image_index`` (B,) says which
+        image of the batch each prompt belongs to.
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         return self.mask_decoder(image_embeddings=features, image_pe=self.prompt_encoder.get_dense_pe(),
                                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=multimask_output)
+                                 multimask_output=multimask_output, image_index=image_index)
 
     def forward(self, batched_input: List[Dict[str, Any]], multimask_output: bool) -> List[Dict[str, torch.Tensor]]:
         """Segment a batch of prompted images end to end (segment-anything's records).
