@@ -191,3 +191,21 @@ def test_training_losses_under_bfloat16_autocast(coco_root):
         assert value.dtype == torch.float32 and torch.isfinite(value), key
         assert abs(value.item() - full[key].item()) <= 0.05 * abs(full[key].item()) + 1e-3, key
     mixed['loss_dice'].backward()
+
+
+@pytest.mark.parametrize('correction_prob, calls', [(0.0, 1), (1.0, 3)])
+def test_correction_rounds_follow_their_probability(coco_root, correction_prob, calls):
+    model = RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1), max_instances=2, correction_rounds=2,
+                           correction_prob=correction_prob)
+    seen = []
+    decode = model.sam.decode_prompts
+
+    def counting(*args, **kwargs):
+        seen.append(args[3] is not None or kwargs.get('masks') is not None)  # a mask prompt was fed back
+        return decode(*args, **kwargs)
+
+    model.sam.decode_prompts = counting
+    batch = pseudo_collate([dataset(coco_root, training=True)[i] for i in range(2)])
+    losses = model(batch['inputs'], batch['data_samples'], mode='loss')
+    assert len(seen) == calls and seen == [False] + [True] * (calls - 1)
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -33,8 +33,8 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='PromptedMaskIoU')
 test_evaluator = val_evaluator
 
-max_epochs = 6
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=3e-4, betas=(0.9, 0.999), weight_decay=0.05),
+max_epochs = 10
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
                      clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=100),

@@ -29,9 +29,9 @@ class RWKVSamTrainer(BaseModel):
 
     Per image, up to ``max_instances`` instances are prompted; the prompts of the whole batch go through
     the decoder together, all with a jittered box (probability ``1 - point_prob``) or all with
-    1..``max_points`` points (positives and maybe negatives);
-    then ``correction_rounds`` rounds add a click on the largest error and feed back the previous
-    low-resolution logits as mask prompt. Single-point prompts use the three multimask outputs and
+    1..``max_points`` points (positives and maybe negatives); then, in a batch drawn with probability
+    ``correction_prob``, ``correction_rounds`` rounds add a click on the largest error and feed back
+    the previous low-resolution logits as mask prompt. Single-point prompts use the three multimask outputs and
     train the best one (SAM's ambiguity rule). Loss per mask: focal × ``focal_weight`` + dice ×
     ``dice_weight`` + MSE(predicted IoU, actual IoU) × ``iou_weight``.
 
@@ -51,13 +51,14 @@ class RWKVSamTrainer(BaseModel):
     def __init__(self, variant: str = 'tiny', img_size: int = 1024, checkpoint: Optional[str] = None,
                  wkv_mode: str = 'raster', encoder: Optional[dict] = None, max_instances: int = 8,
                  point_prob: float = 0.5, max_points: int = 3, correction_rounds: int = 1,
+                 correction_prob: float = 1.0,
                  focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0,
                  box_noise: float = 0.1, teacher: Optional[dict] = None, distill_weight: float = 1.0,
                  seed: int = 0):
         super().__init__()
         self.sam = build_rwkv_sam(variant, checkpoint, img_size, wkv_mode, **(encoder or {})).train()
         self.max_instances, self.point_prob, self.max_points = max_instances, point_prob, max_points
-        self.correction_rounds, self.box_noise = correction_rounds, box_noise
+        self.correction_rounds, self.correction_prob, self.box_noise = correction_rounds, correction_prob, box_noise
         self.weights = dict(focal=focal_weight, dice=dice_weight, iou=iou_weight, distill=distill_weight)
         self.generator = torch.Generator().manual_seed(seed)
         # a plain attribute, not a submodule: never trained, saved or wrapped by DDP
@@ -126,13 +127,15 @@ class RWKVSamTrainer(BaseModel):
                     loss_iou=iou.mean() * self.weights['iou']), best
 
     def _losses(self, features, masks: torch.Tensor, index: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Mean losses of the initial prompts and ``correction_rounds`` correction rounds on (P, S, S) masks."""
+        """Mean losses of the initial prompts and of the correction rounds (if drawn) on (P, S, S) masks."""
         points, boxes = self._prompts(masks)
         single_point = points is not None and points[0].shape[1] == 1
         logits, iou, low_res = self._decode(features, index, points, boxes, multimask=single_point)
         losses, best = self._mask_losses(logits, iou, masks)
         rows = torch.arange(len(masks), device=masks.device)
-        for _ in range(self.correction_rounds):
+        drawn = self.correction_prob >= 1 or bool(torch.rand((), generator=self.generator) < self.correction_prob)
+        rounds = self.correction_rounds if drawn else 0
+        for _ in range(rounds):
             clicks = [correction_click(p.detach().cpu() > 0, m.cpu()) for p, m in zip(logits[rows, best], masks)]
             coords = torch.stack([c for c, _ in clicks]).to(masks.device)
             labels = torch.stack([lab for _, lab in clicks]).to(masks.device)
@@ -143,7 +146,7 @@ class RWKVSamTrainer(BaseModel):
             logits, iou, low_res = self._decode(features, index, points, boxes, previous)
             round_losses, best = self._mask_losses(logits, iou, masks)
             losses = {k: losses[k] + round_losses[k] for k in losses}
-        return {k: v / (1 + self.correction_rounds) for k, v in losses.items()}
+        return {k: v / (1 + rounds) for k, v in losses.items()}
 
     def _distill_loss(self, images: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """MSE between our (B, C, h, w) embedding and the teacher's on the same (B, 3, S, S) images."""
