@@ -86,7 +86,7 @@ def bench_cuda(models: List[str], sizes: List[int]) -> List[Dict]:
                     x = torch.randn(batch, 3, size, size, device='cuda', dtype=dtype)
                     torch.cuda.reset_peak_memory_stats()
                     with torch.inference_mode():
-                        ms = measure(lambda: model(x), torch.cuda.synchronize, min_time=1.0, max_reps=20)
+                        ms = measure(lambda m=model, x=x: m(x), torch.cuda.synchronize, min_time=1.0, max_reps=20)
                     group.append(dict(model=name, img_size=size, dtype=str(dtype).replace('torch.', ''), batch=batch,
                                       latency_ms=ms, images_per_s=batch / ms * 1e3,
                                       peak_mem_GiB=torch.cuda.max_memory_allocated() / 2 ** 30))
