@@ -37,12 +37,13 @@ __all__ = ['make_sa1b_set', 'sa1b_point']
 
 
 def sa1b_point(mask: np.ndarray) -> list[float]:
-    """[x, y] of the pixel centre farthest from the boundary of a non-empty (H, W) bool mask."""
-    from scipy import ndimage
+    """[x, y] of the pixel centre farthest from the boundary of a non-empty (H, W) bool mask
+    (the centre point RWKV-SAM's evaluation prompts with)."""
+    import torch
 
-    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(distance.argmax()), distance.shape)
-    return [float(x) + 0.5, float(y) + 0.5]
+    from ..sam.prompts import centre_point
+
+    return [float(c) for c in centre_point(torch.from_numpy(mask))[0]]
 
 
 def make_sa1b_set(root: str | os.PathLike, image_size: int = 64, num_images: int = 100, split: str = 'val',
