@@ -8,8 +8,8 @@ img_size = 128
 data_root = 'data/shapes_coco'
 generate = dict(image_size=64, train_images=1000, val_images=100, max_shapes=4, seed=0)
 model = dict(type='RWKVSamTrainer', variant='tiny', img_size=img_size, encoder=dict(depth=4),
-             max_instances=4, point_prob=0.5, max_points=3, correction_rounds=1,
-             focal_weight=1.0, dice_weight=1.0)  # SAM's 20:1 focal weight learns slowly from scratch
+             max_instances=4, point_prob=0.5, max_points=2, correction_rounds=1,
+             focal_weight=5.0, dice_weight=1.0)  # SAM's 20:1 focal weight learns slowly from scratch
 
 train_dataloader = dict(
     batch_size=8,
