@@ -346,6 +346,19 @@ def test_decoder_fusion_uses_both_maps(decoder):
             assert torch.equal(other_iou, iou)  # the IoU head sees the tokens only
 
 
+def test_decoder_split_fusion_is_the_concatenated_convolution(decoder):
+    """``_fuse`` runs mix_feat_proj's first conv in an image part and a prompt part: same result as on the concat."""
+    feats = features(2)
+    upscaled = torch.randn(5, DIM // 8, 4 * GRID, 4 * GRID)
+    index = torch.tensor([1, 0, 1, 1, 0])
+    with torch.no_grad():
+        fused = decoder._fuse(upscaled, feats.stride8, feats.stride4, index)
+        concat = torch.cat([upscaled, decoder.mr_feat_proj(feats.stride8)[index],
+                            decoder.hr_feat_proj(feats.stride4)[index]], dim=1)
+        expected = decoder.mix_feat_proj(concat)
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_decoder_without_fusion_is_sams_decoder(decoder):
     """With the last fusion conv zeroed the masks are SAM's: hypernetwork(tokens) · upscale(image tokens)."""
     with torch.no_grad():

@@ -16,7 +16,8 @@ added to the upscaled embedding before the hypernetwork product with the mask to
 
 The names and the concatenation order are those of the upstream RWKV-SAM decoder
 (``SAMRWKVHRMaskDecoderMLPMerge``: hr = stride 4, mr = stride 8). The two projections depend on
-the image only, so they run once per image, before the per-prompt expansion.
+the image only, so they run once per image, before the per-prompt expansion; so does the part of
+``mix_feat_proj``'s first convolution that reads them (``_fuse``).
 """
 from typing import Any, List, Optional, Tuple, Type
 
@@ -176,6 +177,22 @@ class MultiScaleMaskDecoder(nn.Module):
         raise ValueError(f'{name} has batch {x.shape[0]}; expected 1 (shared by all prompts) '
                          f'or {num_prompts} (one per prompt)')
 
+    def _fuse(self, upscaled: torch.Tensor, stride8: torch.Tensor, stride4: torch.Tensor,
+              image_index: Optional[torch.Tensor]) -> torch.Tensor:
+        """``mix_feat_proj(cat([upscaled, mr_feat_proj(stride8), hr_feat_proj(stride4)]))``: (B, C/8, 4h, 4w).
+
+        The first 3×3 convolution is linear in its input channels, so it is split: its image-only part
+        (the stride-8 and stride-4 projections) runs once per image, and only the ``upscaled`` part,
+        a third of its input channels, runs per prompt.
+        """
+        first = self.mix_feat_proj[0]
+        c = upscaled.shape[1]
+        image_maps = torch.cat([self.mr_feat_proj(stride8), self.hr_feat_proj(stride4)], dim=1)
+        image_part = F.conv2d(image_maps, first.weight[:, c:], first.bias, padding=first.padding)
+        image_part = self._per_prompt(image_part, upscaled.shape[0], 'features.stride4', image_index)
+        prompt_part = F.conv2d(upscaled, first.weight[:, :c], None, padding=first.padding)
+        return self.mix_feat_proj[1:](prompt_part + image_part)
+
     def predict_masks(self, image_embeddings: Any, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                       dense_prompt_embeddings: torch.Tensor, image_index: Optional[torch.Tensor] = None
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -196,9 +213,7 @@ class MultiScaleMaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        stride8_feats = self._per_prompt(self.mr_feat_proj(stride8), num_prompts, 'features.stride8', image_index)
-        stride4_feats = self._per_prompt(self.hr_feat_proj(stride4), num_prompts, 'features.stride4', image_index)
-        upscaled = upscaled + self.mix_feat_proj(torch.cat([upscaled, stride8_feats, stride4_feats], dim=1))
+        upscaled = upscaled + self._fuse(upscaled, stride8, stride4, image_index)
 
         hyper_in_list: List[torch.Tensor] = [mlp(mask_tokens_out[:, i, :])
                                              for i, mlp in enumerate(self.output_hypernetworks_mlps)]
