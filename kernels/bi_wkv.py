@@ -66,16 +66,25 @@ def _column_major(x: torch.Tensor, grid_hw: Tuple[int, int], inverse: bool = Fal
     return x.reshape(shape).transpose(1, 2).reshape(B, T, C)
 
 
+def _torch_raster(w, u, k, v, grid_hw):
+    """Raster Bi-WKV on the PyTorch path; without autograd (inference) the forward alone runs."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v)):
+        return BiWKVFunction.apply(w, u, k, v, 'torch', grid_hw, k.shape[-1])
+    compute = torch.float64 if k.dtype == torch.float64 else torch.float32
+    y, _ = bi_wkv_torch_forward(*(t.to(compute) for t in (w, u, k, v)), with_log_den=False)
+    return y.to(k.dtype)
+
+
 def _torch_in_scan_order(w, u, k, v, grid_hw, split):
     """The PyTorch path runs raster scans: column-major lanes are permuted before and after."""
     C = k.shape[-1]
     if split == C:
-        return BiWKVFunction.apply(w, u, k, v, 'torch', grid_hw, split)
+        return _torch_raster(w, u, k, v, grid_hw)
 
     def to_col(x):
         return torch.cat([x[..., :split], _column_major(x[..., split:], grid_hw)], -1)
 
-    y = BiWKVFunction.apply(w, u, to_col(k), to_col(v), 'torch', grid_hw, C)
+    y = _torch_raster(w, u, to_col(k), to_col(v), grid_hw)
     return torch.cat([y[..., :split], _column_major(y[..., split:], grid_hw, inverse=True)], -1)
 
 

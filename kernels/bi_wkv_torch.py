@@ -12,12 +12,16 @@ Every partial sum is kept as (s, l) with value s * exp(l); parts are combined wi
 maximum, never by subtracting large terms. The chunk length is chosen so that L * |w| stays small,
 which bounds the spread of exponents inside a chunk. Memory is O(B * T * C); no T x T matrices.
 
+When T·max|w| is small (Vision-RWKV divides its decay by T) the forward skips the chunking and
+takes the whole sequence as one chunk, and without autograd it skips the log-denominator: a few
+operations per call, which is what short sequences on CPU are bound by.
+
 The backward reuses the same scan on the output gradient divided by the denominator (the operator
 is symmetric in t and i), and obtains the gradient of w from a second scan over the first one:
 sum_{i<t} (t-1-i) W_ti x_i = exp(-w) * sum_{s<t} exp(-(t-1-s) w) A_s with A the first scan.
 """
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +29,9 @@ import torch.nn.functional as F
 #: Largest chunk length, and the bound on chunk_len * max|w| that sets it for large decays.
 MAX_CHUNK = 64
 MAX_CHUNK_DECAY = 8.0
+#: The forward takes the whole sequence as one chunk while T * max|w| <= ONE_CHUNK_DECAY: the
+#: terms it loses to underflow are then below e^-(87 - 2 * 24) = 1e-17 of y (see _one_chunk_forward).
+ONE_CHUNK_DECAY = 24.0
 
 
 def choose_chunk_len(w: torch.Tensor) -> int:
@@ -110,23 +117,59 @@ def _ratio_and_log(s: torch.Tensor, l: torch.Tensor) -> Tuple[torch.Tensor, torc
     return ratio, l + torch.log(den)
 
 
+def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, with_log_den: bool):
+    """Bi-WKV forward with the whole sequence as one chunk (for D = T·max|w| <= ONE_CHUNK_DECAY).
+
+    Left to right, S_t = exp(l_t) · Σ_{i<t} exp(k_i + i·w - m) (v_i, 1) with m = max_i (k_i + i·w) and
+    l_t = m - (t-1)·w: one exclusive cumulative sum. Right to left is the same on the reversed
+    sequence; both run as one batch. The two sums and the bonus term are combined under the largest
+    of their log scales. A term exp(k_i + i·w - m) underflows (float32) when k_i + i·w < m - 87; the
+    token j that sets m contributes to y_t itself (in a sum, or as token t with the bonus), and the
+    decays of i and j towards t differ by at most |i - j|·|w| <= D, so the lost term is below
+    e^-(87 - 2D) of token j's: under float32 precision for D <= ONE_CHUNK_DECAY.
+    """
+    B, T, C = k.shape
+    r = torch.arange(T, device=k.device, dtype=k.dtype)[:, None]  # (T, 1) position
+    e = torch.cat([k, k.flip(1)]) + r * w  # the right-to-left half reversed: both scan left-to-right
+    m = e.amax(dim=1, keepdim=True)
+    p = torch.exp(e - m)
+    x = torch.stack([p * torch.cat([v, v.flip(1)]), p], dim=-1)
+    s = F.pad(torch.cumsum(x, dim=1)[:, :-1], (0, 0, 0, 0, 1, 0))  # exclusive sums (2B, T, C, 2)
+    s_f, s_b = s[:B], s[B:].flip(1)
+    l_f = m[:B] - (r - 1) * w
+    l_b = m[B:] - (T - 2 - r) * w  # the reversed half's l at reversed position T-1-t
+    l_d = u + k
+    top = torch.maximum(torch.maximum(l_f, l_b), l_d)
+    a_f, a_b, a_d = torch.exp(l_f - top), torch.exp(l_b - top), torch.exp(l_d - top)
+    den = s_f[..., 1] * a_f + s_b[..., 1] * a_b + a_d
+    y = (s_f[..., 0] * a_f + s_b[..., 0] * a_b + v * a_d) / den
+    return y, (top + torch.log(den) if with_log_den else None)
+
+
 def bi_wkv_torch_forward(
         w: torch.Tensor,
         u: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+        with_log_den: bool = True,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Bi-WKV forward in the dtype of its inputs (float32 or float64).
+
+    When T·max|w| is within ``ONE_CHUNK_DECAY`` (Vision-RWKV scales w by 1/T, so T·|w| is its
+    spatial_decay) the scans take the whole sequence as one chunk (``_one_chunk_forward``);
+    otherwise chunks of ``choose_chunk_len(w)`` tokens are carried in log space.
 
     Args:
         w, u: (C,); k, v: (B, T, C), all of one floating dtype.
+        with_log_den: also return the log-denominator (the backward needs it; inference does not).
 
     Returns:
-        y: (B, T, C) output; log_den: (B, T, C) log of the softmax denominator (for backward).
+        y: (B, T, C) output; log_den: (B, T, C) log of the softmax denominator, or None.
     """
-    chunk_len = choose_chunk_len(w)
+    if k.shape[1] * float(w.abs().max()) <= ONE_CHUNK_DECAY:
+        return _one_chunk_forward(w, u, k, v, with_log_den)
     x = torch.stack([v, torch.ones_like(v)], dim=-1)
-    (s_f, l_f), (s_b, l_b) = _bidirectional(k, x, w, chunk_len)
+    (s_f, l_f), (s_b, l_b) = _bidirectional(k, x, w, choose_chunk_len(w))
     r_f, ld_f = _ratio_and_log(s_f, l_f)
     r_b, ld_b = _ratio_and_log(s_b, l_b)
     ld_d = u + k
@@ -134,7 +177,7 @@ def bi_wkv_torch_forward(
     e_f, e_b, e_d = torch.exp(ld_f - m), torch.exp(ld_b - m), torch.exp(ld_d - m)
     den = e_f + e_b + e_d
     y = (r_f * e_f + r_b * e_b + v * e_d) / den
-    return y, m + torch.log(den)
+    return y, (m + torch.log(den) if with_log_den else None)
 
 
 def _decay_weighted_grad(

@@ -154,3 +154,23 @@ def test_mbconv_shapes_and_shortcut(in_chs, out_chs, stride, H, W):
 def test_mbconv_rejects_other_strides():
     with pytest.raises(ValueError, match='stride'):
         MBConv(8, 8, 3)
+
+
+def test_layer_norm_2d_matches_float64_formula():
+    """The fused channels-last LayerNorm2d equals segment-anything's per-pixel channel normalisation."""
+    from vision_rwkv.sam.modeling.common import LayerNorm2d
+    norm = LayerNorm2d(6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (torch.randn(3, 6, 5, 7) * 4 + 2).requires_grad_()
+    y = norm(x)
+    xd = x.detach().double().requires_grad_()
+    mean = xd.mean(1, keepdim=True)
+    var = (xd - mean).pow(2).mean(1, keepdim=True)
+    ref = norm.weight.double()[:, None, None] * (xd - mean) / torch.sqrt(var + 1e-6) + norm.bias.double()[:, None, None]
+    assert y.shape == x.shape and rel_err(y, ref) < 1e-6
+    gy = torch.randn_like(y)
+    (g,) = torch.autograd.grad((y * gy).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * gy.double()).sum(), xd)
+    assert rel_err(g, g_ref) < 1e-5

@@ -209,18 +209,3 @@ def test_correction_rounds_follow_their_probability(coco_root, correction_prob, 
     losses = model(batch['inputs'], batch['data_samples'], mode='loss')
     assert len(seen) == calls and seen == [False] + [True] * (calls - 1)
     assert all(torch.isfinite(v) for v in losses.values())
-
-
-def test_channels_last_gives_the_same_losses(coco_root):
-    """The default NHWC layout of convolutions and images is a speed choice only."""
-    batch = pseudo_collate([dataset(coco_root, training=True)[i] for i in range(2)])
-    losses = {}
-    for channels_last in (True, False):
-        torch.manual_seed(0)
-        model = RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1), max_instances=2,
-                               channels_last=channels_last)
-        images = model._images(batch['inputs'])
-        assert images.is_contiguous(memory_format=torch.channels_last) == channels_last
-        losses[channels_last] = model(batch['inputs'], batch['data_samples'], mode='loss')
-    for key, value in losses[True].items():
-        torch.testing.assert_close(value, losses[False][key], rtol=1e-4, atol=1e-5)

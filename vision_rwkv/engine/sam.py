@@ -46,8 +46,6 @@ class RWKVSamTrainer(BaseModel):
         variant, img_size, checkpoint, wkv_mode: as ``build_rwkv_sam``.
         encoder: overrides of the encoder arguments (e.g. ``depth``).
         teacher: ``dict(model_type, checkpoint)`` of a SAM teacher, or None.
-        channels_last: keep convolution weights and images channels-last (NHWC), which oneDNN
-            convolves faster on CPU (about 18 % per toy iteration here) and tensor cores prefer.
     """
 
     def __init__(self, variant: str = 'tiny', img_size: int = 1024, checkpoint: Optional[str] = None,
@@ -56,11 +54,9 @@ class RWKVSamTrainer(BaseModel):
                  correction_prob: float = 1.0,
                  focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0,
                  box_noise: float = 0.1, teacher: Optional[dict] = None, distill_weight: float = 1.0,
-                 channels_last: bool = True, seed: int = 0):
+                 seed: int = 0):
         super().__init__()
         self.sam = build_rwkv_sam(variant, checkpoint, img_size, wkv_mode, **(encoder or {})).train()
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.sam.to(memory_format=self.memory_format)
         self.max_instances, self.point_prob, self.max_points = max_instances, point_prob, max_points
         self.correction_rounds, self.correction_prob, self.box_noise = correction_rounds, correction_prob, box_noise
         self.weights = dict(focal=focal_weight, dice=dice_weight, iou=iou_weight, distill=distill_weight)
@@ -70,10 +66,8 @@ class RWKVSamTrainer(BaseModel):
 
     # ---- shared -------------------------------------------------------------------------------------
     def _images(self, inputs: List[torch.Tensor]) -> torch.Tensor:
-        """(3, h, w) uint8 images -> the normalised, padded (B, 3, S, S) encoder input (in the
-        convolutions' memory format)."""
-        images = torch.stack([self.sam.preprocess(x.float()) for x in inputs])
-        return images.contiguous(memory_format=self.memory_format)
+        """(3, h, w) uint8 images -> the normalised, padded (B, 3, S, S) encoder input."""
+        return torch.stack([self.sam.preprocess(x.float()) for x in inputs])
 
     def _decode(self, features, image_index: torch.Tensor, points=None, boxes=None, mask_input=None,
                 multimask: bool = False):

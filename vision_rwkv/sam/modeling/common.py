@@ -3,10 +3,16 @@ from typing import Type
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of (B, C, H, W) maps (segment-anything's ``LayerNorm2d``)."""
+    """LayerNorm over the channels of (B, C, H, W) maps (segment-anything's ``LayerNorm2d``).
+
+    Runs the fused ``F.layer_norm`` on a channels-last view instead of segment-anything's chain of
+    elementwise ops (same result and parameters; forward + backward several times faster on CPU).
+    The output is a channels-last (NHWC-strided) tensor of shape (B, C, H, W).
+    """
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
         super().__init__()
@@ -15,10 +21,8 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class MLPBlock(nn.Module):
