@@ -18,7 +18,7 @@ from typing import Sequence, Tuple
 import torch
 
 from .bi_wkv import _check_inputs, scan_layout
-from .bi_wkv_torch import _bidirectional, choose_chunk_len
+from .bi_wkv_torch import ONE_CHUNK_DECAY, _bidirectional, choose_chunk_len, one_chunk_bidirectional
 
 
 def _log_add(a: Tuple[torch.Tensor, torch.Tensor], b: Tuple[torch.Tensor, torch.Tensor]):
@@ -28,9 +28,13 @@ def _log_add(a: Tuple[torch.Tensor, torch.Tensor], b: Tuple[torch.Tensor, torch.
     return s_a * torch.exp(l_a - m).unsqueeze(-1) + s_b * torch.exp(l_b - m).unsqueeze(-1), m
 
 
-def _exclusive_two_sided(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, chunk_len: int):
-    """Σ_{i≠t} e^{-(|t-i|-1)w + z_i} x_i along dim 1, as (s, l): both exclusive scans added."""
-    fwd, bwd = _bidirectional(z, x, w, chunk_len)
+def _exclusive_two_sided(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
+    """Σ_{i≠t} e^{-(|t-i|-1)w + z_i} x_i along dim 1, as (s, l): both exclusive scans added (one chunk
+    when the scan's length times max|w| allows it, else chunks of ``choose_chunk_len(w)``)."""
+    if z.shape[1] * float(w.detach().abs().max()) <= ONE_CHUNK_DECAY:
+        fwd, bwd = one_chunk_bidirectional(z, x, w)
+    else:
+        fwd, bwd = _bidirectional(z, x, w, choose_chunk_len(w.detach()))
     return _log_add(fwd, bwd)
 
 
@@ -51,17 +55,16 @@ def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     B, T, C = k.shape
     compute = torch.float64 if k.dtype == torch.float64 else torch.float32
     w_, u_, k_, v_ = (t.to(compute) for t in (w, u, k, v))
-    chunk_len = choose_chunk_len(w_.detach())
     x = torch.stack([v_, torch.ones_like(v_)], dim=-1)  # (B, T, C, 2): numerator and denominator
 
     # own row, other columns: exclusive row scans over W
-    row_s, row_l = _exclusive_two_sided(k_.reshape(B * H, W, C), x.reshape(B * H, W, C, 2), w_, chunk_len)
+    row_s, row_l = _exclusive_two_sided(k_.reshape(B * H, W, C), x.reshape(B * H, W, C, 2), w_)
     # inclusive row sums, e^{-w} R_excl + own token, to be carried across rows
     inc_s, inc_l = _log_add((row_s, row_l - w_), (x.reshape(B * H, W, C, 2), k_.reshape(B * H, W, C)))
     # other rows: exclusive column scans over H of the inclusive row sums
     col_z = inc_l.reshape(B, H, W, C).transpose(1, 2).reshape(B * W, H, C)
     col_x = inc_s.reshape(B, H, W, C, 2).transpose(1, 2).reshape(B * W, H, C, 2)
-    col_s, col_l = _exclusive_two_sided(col_z, col_x, w_, chunk_len)
+    col_s, col_l = _exclusive_two_sided(col_z, col_x, w_)
     col_s = col_s.reshape(B, W, H, C, 2).transpose(1, 2).reshape(B, T, C, 2)
     col_l = col_l.reshape(B, W, H, C).transpose(1, 2).reshape(B, T, C)
 

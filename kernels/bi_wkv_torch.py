@@ -117,27 +117,34 @@ def _ratio_and_log(s: torch.Tensor, l: torch.Tensor) -> Tuple[torch.Tensor, torc
     return ratio, l + torch.log(den)
 
 
-def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, with_log_den: bool):
-    """Bi-WKV forward with the whole sequence as one chunk (for D = T·max|w| <= ONE_CHUNK_DECAY).
+def one_chunk_bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
+    """``_bidirectional`` with the whole sequence as one chunk (for D = T·max|w| <= ONE_CHUNK_DECAY).
 
-    Left to right, S_t = exp(l_t) · Σ_{i<t} exp(k_i + i·w - m) (v_i, 1) with m = max_i (k_i + i·w) and
-    l_t = m - (t-1)·w: one exclusive cumulative sum. Right to left is the same on the reversed
-    sequence; both run as one batch. The two sums and the bonus term are combined under the largest
-    of their log scales. A term exp(k_i + i·w - m) underflows (float32) when k_i + i·w < m - 87; the
-    token j that sets m contributes to y_t itself (in a sum, or as token t with the bonus), and the
-    decays of i and j towards t differ by at most |i - j|·|w| <= D, so the lost term is below
+    Left to right, S_t = exp(l_t) · Σ_{i<t} exp(z_i + i·w - m) x_i with m = max_i (z_i + i·w) and
+    l_t = m - (t-1)·w: one exclusive cumulative sum; right to left is the same on the reversed
+    sequence, run in the same batch. A term exp(z_i + i·w - m) underflows (float32) when
+    z_i + i·w < m - 87; the token j that sets m is itself in one of the two sums (or is token t),
+    and the decays of i and j towards t differ by at most |i - j|·|w| <= D, so the lost term is below
     e^-(87 - 2D) of token j's: under float32 precision for D <= ONE_CHUNK_DECAY.
+
+    Args: z (B, T, C) finite log-weights, x (B, T, C, V) values, w (C,).
+    Returns: ((s, l) left to right, (s, l) right to left), s (B, T, C, V), l (B, T, C).
     """
-    B, T, C = k.shape
-    r = torch.arange(T, device=k.device, dtype=k.dtype)[:, None]  # (T, 1) position
-    e = torch.cat([k, k.flip(1)]) + r * w  # the right-to-left half reversed: both scan left-to-right
+    B, T, C = z.shape
+    r = torch.arange(T, device=z.device, dtype=z.dtype)[:, None]  # (T, 1) position
+    e = torch.cat([z, z.flip(1)]) + r * w  # the right-to-left half reversed: both scan left-to-right
     m = e.amax(dim=1, keepdim=True)
-    p = torch.exp(e - m)
-    x = torch.stack([p * torch.cat([v, v.flip(1)]), p], dim=-1)
-    s = F.pad(torch.cumsum(x, dim=1)[:, :-1], (0, 0, 0, 0, 1, 0))  # exclusive sums (2B, T, C, 2)
-    s_f, s_b = s[:B], s[B:].flip(1)
+    cs = torch.cumsum(torch.exp(e - m).unsqueeze(-1) * torch.cat([x, x.flip(1)]), dim=1)
+    s = F.pad(cs[:, :-1], (0, 0, 0, 0, 1, 0))  # exclusive sums
     l_f = m[:B] - (r - 1) * w
-    l_b = m[B:] - (T - 2 - r) * w  # the reversed half's l at reversed position T-1-t
+    l_b = m[B:] - (T - 2 - r) * w  # the reversed half's scale at reversed position T-1-t
+    return (s[:B], l_f), (s[B:].flip(1), l_b)
+
+
+def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, with_log_den: bool):
+    """Bi-WKV forward from ``one_chunk_bidirectional``: both sums and the bonus term combined under
+    the largest of their log scales (a term lost there is negligible for the same reason)."""
+    (s_f, l_f), (s_b, l_b) = one_chunk_bidirectional(k, torch.stack([v, torch.ones_like(v)], dim=-1), w)
     l_d = u + k
     top = torch.maximum(torch.maximum(l_f, l_b), l_d)
     a_f, a_b, a_d = torch.exp(l_f - top), torch.exp(l_b - top), torch.exp(l_d - top)

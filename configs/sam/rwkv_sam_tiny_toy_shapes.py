@@ -33,17 +33,17 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='PromptedMaskIoU')
 test_evaluator = val_evaluator
 
-max_epochs = 10
+max_epochs = 12
 optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
                      clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=100),
     dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, eta_min=1e-5, convert_to_iter_based=True),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=2)
+train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=3)
 val_cfg = dict()
 test_cfg = dict()
 
-default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=2))
+default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=3))
 custom_hooks = [dict(type='PortableCheckpointHook'), dict(type='TrainingCurvesHook')]  # not a classifier
 randomness = dict(seed=0, deterministic=False)
