@@ -117,6 +117,31 @@ def _ratio_and_log(s: torch.Tensor, l: torch.Tensor) -> Tuple[torch.Tensor, torc
     return ratio, l + torch.log(den)
 
 
+def _one_chunk_weights(z: torch.Tensor, w: torch.Tensor):
+    """Weights and scales of both one-chunk scans of (B, T, C) log-weights ``z``.
+
+    Returns p (2B, T, C) = exp(z_i + i·w - m) for the sequence and (rows B..) its reversal, m the
+    maximum over i, and the log scales l_f, l_b (B, T, C) of the left-to-right and (in the original
+    order) right-to-left exclusive sums: S_t = exp(l_t) · Σ p_i x_i over the tokens before t.
+    """
+    B, T, C = z.shape
+    r = torch.arange(T, device=z.device, dtype=z.dtype)[:, None]  # (T, 1) position
+    e = torch.cat([z, z.flip(1)]) + r * w  # the right-to-left half reversed: both scan left-to-right
+    m = e.amax(dim=1, keepdim=True)
+    l_f = m[:B] - (r - 1) * w
+    l_b = m[B:] - (T - 2 - r) * w  # the reversed half's scale at reversed position T-1-t
+    return torch.exp(e - m), l_f, l_b
+
+
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Σ_{i<t} x_i along dim 1 (zeros at t = 0)."""
+    if torch.is_grad_enabled() and x.requires_grad:  # out= has no autograd
+        return F.pad(torch.cumsum(x[:, :-1], dim=1), (0, 0) * (x.dim() - 2) + (1, 0))
+    out = torch.zeros_like(x)
+    torch.cumsum(x[:, :-1], dim=1, out=out[:, 1:])
+    return out
+
+
 def one_chunk_bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     """``_bidirectional`` with the whole sequence as one chunk (for D = T·max|w| <= ONE_CHUNK_DECAY).
 
@@ -130,27 +155,27 @@ def one_chunk_bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     Args: z (B, T, C) finite log-weights, x (B, T, C, V) values, w (C,).
     Returns: ((s, l) left to right, (s, l) right to left), s (B, T, C, V), l (B, T, C).
     """
-    B, T, C = z.shape
-    r = torch.arange(T, device=z.device, dtype=z.dtype)[:, None]  # (T, 1) position
-    e = torch.cat([z, z.flip(1)]) + r * w  # the right-to-left half reversed: both scan left-to-right
-    m = e.amax(dim=1, keepdim=True)
-    cs = torch.cumsum(torch.exp(e - m).unsqueeze(-1) * torch.cat([x, x.flip(1)]), dim=1)
-    s = F.pad(cs[:, :-1], (0, 0, 0, 0, 1, 0))  # exclusive sums
-    l_f = m[:B] - (r - 1) * w
-    l_b = m[B:] - (T - 2 - r) * w  # the reversed half's scale at reversed position T-1-t
+    B = z.shape[0]
+    p, l_f, l_b = _one_chunk_weights(z, w)
+    s = _exclusive_cumsum(p.unsqueeze(-1) * torch.cat([x, x.flip(1)]))
     return (s[:B], l_f), (s[B:].flip(1), l_b)
 
 
 def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, with_log_den: bool):
-    """Bi-WKV forward from ``one_chunk_bidirectional``: both sums and the bonus term combined under
+    """Bi-WKV forward by the scans of ``one_chunk_bidirectional``, with numerators and denominators
+    stacked along the batch (contiguous, fast on CPU); both sums and the bonus term are combined under
     the largest of their log scales (a term lost there is negligible for the same reason)."""
-    (s_f, l_f), (s_b, l_b) = one_chunk_bidirectional(k, torch.stack([v, torch.ones_like(v)], dim=-1), w)
+    B = k.shape[0]
+    p, l_f, l_b = _one_chunk_weights(k, w)
+    s = _exclusive_cumsum(torch.cat([p * torch.cat([v, v.flip(1)]), p]))  # (4B, T, C): num, den
+    num_f, num_b, den_f, den_b = s[:B], s[B:2 * B].flip(1), s[2 * B:3 * B], s[3 * B:].flip(1)
     l_d = u + k
     top = torch.maximum(torch.maximum(l_f, l_b), l_d)
-    a_f, a_b, a_d = torch.exp(l_f - top), torch.exp(l_b - top), torch.exp(l_d - top)
-    den = s_f[..., 1] * a_f + s_b[..., 1] * a_b + a_d
-    y = (s_f[..., 0] * a_f + s_b[..., 0] * a_b + v * a_d) / den
-    return y, (top + torch.log(den) if with_log_den else None)
+    # in place: the forward never runs under autograd (BiWKVFunction.forward, or inference)
+    a_f, a_b, a_d = l_f.sub_(top).exp_(), l_b.sub_(top).exp_(), l_d.sub_(top).exp_()
+    den = (den_f * a_f).addcmul_(den_b, a_b).add_(a_d)
+    y = (num_f * a_f).addcmul_(num_b, a_b).addcmul_(v, a_d).div_(den)
+    return y, (top.add_(den.log_()) if with_log_den else None)
 
 
 def bi_wkv_torch_forward(

@@ -30,6 +30,8 @@ def test_fp32_matches_reference(B, H, W, C):
     assert rel_err(y, y_ref) < 1e-6
     for name, g, g_ref in zip('wukv', grads, grads_ref):
         assert rel_err(g, g_ref) < 1e-5, name
+    with torch.no_grad():  # inference takes the scans' no-autograd path
+        assert rel_err(bi_wkv_2d(w, u, k, v, (H, W)), y_ref) < 1e-6
 
 
 def test_float64_gradcheck():

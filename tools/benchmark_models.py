@@ -1,13 +1,17 @@
 """Model-level benchmark: VRWKV-T/S in each wkv_mode against timm ViT-T/S (SDPA attention).
 
-CPU: forward latency at batch 1 (224, 448 and 896 for T; 224 and 448 for S).
+CPU: forward latency at batch 1 (224, 448 and 896 for T; 224 and 448 for S), the models of a
+family timed round-robin (median of up to 15 rounds) so that load bursts hit them alike.
 CUDA: bf16 forward images/s and peak memory at 224, 512, 1024, 2048 (batch 8 at 224, fewer
 above), each model alone. Prints markdown tables, writes JSON.
 
 Usage: python tools/benchmark_models.py [--out benchmark_results/models.json] [--quick]
 """
 import argparse
-from typing import Dict, List
+import statistics
+import time
+from functools import partial
+from typing import Callable, Dict, List
 
 import timm
 import torch
@@ -27,16 +31,34 @@ def _create(name: str, size: int, device: str, dtype: torch.dtype):
     return timm.create_model(name, img_size=size, num_classes=1000).to(device=device, dtype=dtype).eval()
 
 
+def _interleaved_medians(fns: Dict[str, Callable[[], None]], min_time: float = 3.0, max_rounds: int = 15,
+                         warmup: int = 2) -> Dict[str, float]:
+    """Median ms per function, timed round-robin (one call of each per round) so that the machine's
+    drift and bursts of load hit every model alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    while len(times[next(iter(fns))]) < max_rounds and (time.perf_counter() - start < min_time
+                                                        or len(times[next(iter(fns))]) < 3):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def bench_cpu(plan: Dict[str, List[int]]) -> List[Dict]:
+    """Batch-1 forward latency of every model of a family, measured interleaved at each size."""
     rows = []
     for family, sizes in plan.items():
         for size in sizes:
             x = torch.randn(1, 3, size, size)
-            row = dict(family=family, img_size=size)
-            for name in FAMILIES[family]:
-                model = _create(name, size, 'cpu', torch.float32)
-                with torch.inference_mode():
-                    row[f'{name.split("_")[0]}_ms'] = measure(lambda: model(x), min_time=1.0, max_reps=10)
+            models = {name.split('_')[0]: _create(name, size, 'cpu', torch.float32) for name in FAMILIES[family]}
+            with torch.inference_mode():
+                medians = _interleaved_medians({name: partial(model, x) for name, model in models.items()})
+            row = dict(family=family, img_size=size, **{f'{name}_ms': ms for name, ms in medians.items()})
             row['raster_over_vit'] = row['vrwkv_ms'] / row['vit_ms']
             rows.append(row)
     return rows
