@@ -82,6 +82,7 @@ def test_reader_takes_uncompressed_rle(sa1b_root, tmp_path):
      r'sa_1.json: annotation 1 has a malformed RLE segmentation .*size \[8, 8\]'),
     (lambda r: json.dumps(dict(r, annotations=[dict(r['annotations'][0], segmentation=None)])),
      'sa_1.json: annotation 1 has a malformed RLE segmentation'),
+    (lambda r: json.dumps(dict(r, annotations=[])), 'sa_1.json: no annotations'),
 ])
 def test_bad_annotation_files_are_named(sa1b_root, tmp_path, edit, message):
     record = json.loads((sa1b_root / 'sa_1.json').read_text())

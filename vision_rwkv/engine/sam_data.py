@@ -206,7 +206,9 @@ class SA1BMasks(InstanceMasks):
     """SA-1B-style folders as ``InstanceMasks``: ``sa_<id>.jpg`` with ``sa_<id>.json`` holding
     ``{"image": {"image_id", "width", "height", "file_name"}, "annotations": [{"id", "segmentation": RLE, ...}]}``.
 
-    Masks are class-agnostic; files without annotations are left out.
+    Masks are class-agnostic. A file is read when its item is loaded (each SA-1B tar holds about 11k
+    JSON files of about 1 MB, too many to parse at start-up), so a malformed file, or one without
+    annotations, raises a ``DatasetError`` naming it then.
 
     Args:
         data_root: folder of the JSON files.
@@ -228,9 +230,7 @@ class SA1BMasks(InstanceMasks):
         files = sorted(glob.glob(osp.join(glob.escape(data_root), pattern)))
         if not files:
             raise DatasetError(f'{data_root}: no SA-1B annotation file matches {pattern!r}')
-        self.files = [f for f in files if _read_sa1b(f)[1]]
-        if not self.files:
-            raise DatasetError(f'{data_root}: no SA-1B annotation file has an annotation')
+        self.files = files
         self.metainfo = dict(classes=('object',))
 
     def __len__(self) -> int:
@@ -239,6 +239,8 @@ class SA1BMasks(InstanceMasks):
     def _load(self, index: int) -> Tuple[int, np.ndarray, np.ndarray]:
         path = self.files[index]
         info, annotations = _read_sa1b(path)
+        if not annotations:
+            raise DatasetError(f'{path}: no annotations (an SA-1B file lists at least one mask)')
         image = np.asarray(load_rgb(osp.join(self.img_dir, info['file_name'])))
         height, width = image.shape[:2]
         if self.max_masks is not None:
