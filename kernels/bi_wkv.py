@@ -66,12 +66,16 @@ def _column_major(x: torch.Tensor, grid_hw: Tuple[int, int], inverse: bool = Fal
     return x.reshape(shape).transpose(1, 2).reshape(B, T, C)
 
 
+def compute_dtype(k: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype of the PyTorch paths: float64 for float64 inputs, else float32."""
+    return torch.float64 if k.dtype == torch.float64 else torch.float32
+
+
 def _torch_raster(w, u, k, v, grid_hw):
     """Raster Bi-WKV on the PyTorch path; without autograd (inference) the forward alone runs."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v)):
         return BiWKVFunction.apply(w, u, k, v, 'torch', grid_hw, k.shape[-1])
-    compute = torch.float64 if k.dtype == torch.float64 else torch.float32
-    y, _ = bi_wkv_torch_forward(*(t.to(compute) for t in (w, u, k, v)), with_log_den=False)
+    y, _ = bi_wkv_torch_forward(*(t.to(compute_dtype(k)) for t in (w, u, k, v)), with_log_den=False)
     return y.to(k.dtype)
 
 
@@ -94,7 +98,7 @@ class BiWKVFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, u, k, v, backend, grid_hw, split):
         triton_path = _use_triton(k, backend)
-        compute = torch.float64 if k.dtype == torch.float64 else torch.float32
+        compute = compute_dtype(k)
         w32, u32 = w.to(compute).contiguous(), u.to(compute).contiguous()
         if triton_path:
             from .bi_wkv_triton import bi_wkv_triton_forward

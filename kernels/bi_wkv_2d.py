@@ -17,8 +17,8 @@ from typing import Sequence, Tuple
 
 import torch
 
-from .bi_wkv import _check_inputs, scan_layout
-from .bi_wkv_torch import ONE_CHUNK_DECAY, _bidirectional, choose_chunk_len, one_chunk_bidirectional
+from .bi_wkv import _check_inputs, compute_dtype, scan_layout
+from .bi_wkv_torch import _bidirectional, choose_chunk_len, fits_one_chunk, one_chunk_bidirectional
 
 
 def _log_add(a: Tuple[torch.Tensor, torch.Tensor], b: Tuple[torch.Tensor, torch.Tensor]):
@@ -31,7 +31,7 @@ def _log_add(a: Tuple[torch.Tensor, torch.Tensor], b: Tuple[torch.Tensor, torch.
 def _exclusive_two_sided(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     """Σ_{i≠t} e^{-(|t-i|-1)w + z_i} x_i along dim 1, as (s, l): both exclusive scans added (one chunk
     when the scan's length times max|w| allows it, else chunks of ``choose_chunk_len(w)``)."""
-    if z.shape[1] * float(w.detach().abs().max()) <= ONE_CHUNK_DECAY:
+    if fits_one_chunk(z.shape[1], w):
         fwd, bwd = one_chunk_bidirectional(z, x, w)
     else:
         fwd, bwd = _bidirectional(z, x, w, choose_chunk_len(w.detach()))
@@ -53,8 +53,7 @@ def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     _check_inputs(w, u, k, v)
     (H, W), _ = scan_layout(k, grid, 'row')
     B, T, C = k.shape
-    compute = torch.float64 if k.dtype == torch.float64 else torch.float32
-    w_, u_, k_, v_ = (t.to(compute) for t in (w, u, k, v))
+    w_, u_, k_, v_ = (t.to(compute_dtype(k)) for t in (w, u, k, v))
     x = torch.stack([v_, torch.ones_like(v_)], dim=-1)  # (B, T, C, 2): numerator and denominator
 
     # own row, other columns: exclusive row scans over W

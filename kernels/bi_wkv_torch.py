@@ -30,7 +30,7 @@ import torch.nn.functional as F
 MAX_CHUNK = 64
 MAX_CHUNK_DECAY = 8.0
 #: The forward takes the whole sequence as one chunk while T * max|w| <= ONE_CHUNK_DECAY: the
-#: terms it loses to underflow are then below e^-(87 - 2 * 24) = 1e-17 of y (see _one_chunk_forward).
+#: terms it loses to underflow are then below e^-(87 - 2 * 24) = 1e-17 of y (see one_chunk_bidirectional).
 ONE_CHUNK_DECAY = 24.0
 
 
@@ -117,6 +117,11 @@ def _ratio_and_log(s: torch.Tensor, l: torch.Tensor) -> Tuple[torch.Tensor, torc
     return ratio, l + torch.log(den)
 
 
+def fits_one_chunk(length: int, w: torch.Tensor) -> bool:
+    """Whether scans of ``length`` tokens may run as one chunk: length · max|w| <= ONE_CHUNK_DECAY."""
+    return length * float(w.detach().abs().max()) <= ONE_CHUNK_DECAY
+
+
 def _one_chunk_weights(z: torch.Tensor, w: torch.Tensor):
     """Weights and scales of both one-chunk scans of (B, T, C) log-weights ``z``.
 
@@ -198,7 +203,7 @@ def bi_wkv_torch_forward(
     Returns:
         y: (B, T, C) output; log_den: (B, T, C) log of the softmax denominator, or None.
     """
-    if k.shape[1] * float(w.abs().max()) <= ONE_CHUNK_DECAY:
+    if fits_one_chunk(k.shape[1], w):
         return _one_chunk_forward(w, u, k, v, with_log_den)
     x = torch.stack([v, torch.ones_like(v)], dim=-1)
     (s_f, l_f), (s_b, l_b) = _bidirectional(k, x, w, choose_chunk_len(w))

@@ -40,8 +40,9 @@ def _interleaved_medians(fns: Dict[str, Callable[[], None]], min_time: float = 3
             fn()
     times: Dict[str, List[float]] = {name: [] for name in fns}
     start = time.perf_counter()
-    while len(times[next(iter(fns))]) < max_rounds and (time.perf_counter() - start < min_time
-                                                        or len(times[next(iter(fns))]) < 3):
+    for rounds in range(max_rounds):
+        if rounds >= 3 and time.perf_counter() - start >= min_time:
+            break
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()

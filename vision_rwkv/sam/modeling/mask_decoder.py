@@ -189,7 +189,7 @@ class MultiScaleMaskDecoder(nn.Module):
         c = upscaled.shape[1]
         image_maps = torch.cat([self.mr_feat_proj(stride8), self.hr_feat_proj(stride4)], dim=1)
         image_part = F.conv2d(image_maps, first.weight[:, c:], first.bias, padding=first.padding)
-        image_part = self._per_prompt(image_part, upscaled.shape[0], 'features.stride4', image_index)
+        image_part = self._per_prompt(image_part, upscaled.shape[0], 'the fused stride-4/8 maps', image_index)
         prompt_part = F.conv2d(upscaled, first.weight[:, :c], None, padding=first.padding)
         return self.mix_feat_proj[1:](prompt_part + image_part)
 
