@@ -10,14 +10,14 @@ Because d - 1 = (|Δrow| - 1) + |Δcol| for tokens in other rows, the sum splits
 Every part is a positive sum kept in log-scaled form (s, l) and combined under a shared maximum,
 so nothing large is ever subtracted. Time and memory O(B·H·W·C).
 
-This module is the PyTorch path (any device, autograd through the scans); the Triton kernel for
-the 2D mode is not written yet.
+CUDA tensors run the Triton kernels of ``bi_wkv_2d_triton`` (same decomposition, forward and
+backward); other tensors run the PyTorch path below (any device, autograd through the scans).
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .bi_wkv import _check_inputs, compute_dtype, scan_layout
+from .bi_wkv import _check_inputs, _use_triton, compute_dtype, scan_layout
 from .bi_wkv_torch import _bidirectional, choose_chunk_len, fits_one_chunk, one_chunk_bidirectional
 
 
@@ -38,20 +38,50 @@ def _exclusive_two_sided(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     return _log_add(fwd, bwd)
 
 
+class BiWKV2DFunction(torch.autograd.Function):
+    """Autograd wrapper of the Triton kernels; fp32 accumulation, outputs and gradients in the input dtypes."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, grid_hw):
+        from .bi_wkv_2d_triton import bi_wkv_2d_triton_forward
+        w32, u32 = w.float().contiguous(), u.float().contiguous()
+        k_in, v_in = k.contiguous(), v.contiguous()
+        y, log_den = bi_wkv_2d_triton_forward(w32, u32, k_in, v_in, grid_hw)
+        ctx.save_for_backward(w32, u32, k_in, v_in, y, log_den)
+        ctx.grid_hw = grid_hw
+        ctx.dtypes = (w.dtype, u.dtype, k.dtype, v.dtype)
+        return y.to(k.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        from .bi_wkv_2d_triton import bi_wkv_2d_triton_backward
+        grads = bi_wkv_2d_triton_backward(*ctx.saved_tensors, gy.contiguous(), ctx.grid_hw)
+        return tuple(g.to(dt) for g, dt in zip(grads, ctx.dtypes)) + (None,)
+
+
 def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              grid: Sequence[int]) -> torch.Tensor:
+              grid: Sequence[int], backend: Optional[str] = None) -> torch.Tensor:
     """2D Bi-WKV over an H x W grid of row-major tokens.
 
     Args:
         w, u: (C,) decay and bonus (already scaled by the caller).
         k, v: (B, H*W, C) keys and values.
         grid: (H, W).
+        backend: 'auto' (default: Triton for CUDA tensors, PyTorch otherwise), 'triton' or 'torch'.
 
     Returns:
         (B, H*W, C) in the dtype of k (fp16/bf16 inputs are computed in fp32).
     """
     _check_inputs(w, u, k, v)
-    (H, W), _ = scan_layout(k, grid, 'row')
+    grid_hw, _ = scan_layout(k, grid, 'row')
+    if _use_triton(k, backend or 'auto'):
+        return BiWKV2DFunction.apply(w, u, k, v, grid_hw)
+    return _bi_wkv_2d_torch(w, u, k, v, grid_hw)
+
+
+def _bi_wkv_2d_torch(w, u, k, v, grid_hw):
+    """The PyTorch path of ``bi_wkv_2d`` (autograd through the scans)."""
+    H, W = grid_hw
     B, T, C = k.shape
     w_, u_, k_, v_ = (t.to(compute_dtype(k)) for t in (w, u, k, v))
     x = torch.stack([v_, torch.ones_like(v_)], dim=-1)  # (B, T, C, 2): numerator and denominator
@@ -67,7 +97,7 @@ def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     col_s = col_s.reshape(B, W, H, C, 2).transpose(1, 2).reshape(B, T, C, 2)
     col_l = col_l.reshape(B, W, H, C).transpose(1, 2).reshape(B, T, C)
 
-    s, l = _log_add((row_s.reshape(B, T, C, 2), row_l.reshape(B, T, C)), (col_s, col_l))
-    s, _ = _log_add((s, l), (x, u_ + k_))
+    s, log_scale = _log_add((row_s.reshape(B, T, C, 2), row_l.reshape(B, T, C)), (col_s, col_l))
+    s, _ = _log_add((s, log_scale), (x, u_ + k_))
     num, den = s.unbind(-1)
     return (num / den).to(k.dtype)

@@ -1,4 +1,5 @@
-"""2D Bi-WKV (Manhattan-distance decay) against its float64 reference: values, gradients, extremes."""
+"""2D Bi-WKV (Manhattan-distance decay), PyTorch and Triton paths, against its float64 reference:
+values, gradients, extremes. Triton runs in its interpreter on machines without CUDA."""
 import pytest
 import torch
 
@@ -6,32 +7,50 @@ from vision_rwkv.kernels import bi_wkv, bi_wkv_2d, bi_wkv_2d_reference
 
 from conftest import rel_err
 
+TRITON_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'  # cpu: TRITON_INTERPRET=1
+BACKENDS = ['torch', 'triton']
 
-def make_inputs(B, H, W, C, dtype=torch.float32, w_scale=0.5, k_scale=3.0):
+
+def device_of(backend):
+    return TRITON_DEVICE if backend == 'triton' else 'cpu'
+
+
+def make_inputs(B, H, W, C, dtype=torch.float32, w_scale=0.5, k_scale=3.0, device='cpu'):
     tensors = (torch.randn(C) * w_scale, torch.randn(C), torch.randn(B, H * W, C) * k_scale,
                torch.randn(B, H * W, C))
-    return [t.to(dtype).requires_grad_() for t in tensors]
+    return [t.to(device=device, dtype=dtype).requires_grad_() for t in tensors]
 
 
 def reference_and_grads(w, u, k, v, grid, gy):
-    leaves = [t.detach().double().requires_grad_() for t in (w, u, k, v)]
+    leaves = [t.detach().cpu().double().requires_grad_() for t in (w, u, k, v)]
     y = bi_wkv_2d_reference(*leaves, grid=grid)
-    return y, torch.autograd.grad((y * gy.double()).sum(), leaves)
+    return y, torch.autograd.grad((y * gy.cpu().double()).sum(), leaves)
 
 
-@pytest.mark.parametrize('B, H, W, C', [(2, 3, 4, 5), (1, 7, 5, 8), (2, 9, 9, 3)])
-def test_fp32_matches_reference(B, H, W, C):
-    w, u, k, v = make_inputs(B, H, W, C)
-    y = bi_wkv_2d(w, u, k, v, (H, W))
+# (1, 7, 5, 40): two channel blocks of the Triton kernels, the second one partly masked
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('B, H, W, C', [(2, 3, 4, 5), (1, 7, 5, 8), (2, 9, 9, 3), (1, 7, 5, 40)])
+def test_fp32_matches_reference(backend, B, H, W, C):
+    w, u, k, v = make_inputs(B, H, W, C, device=device_of(backend))
+    y = bi_wkv_2d(w, u, k, v, (H, W), backend=backend)
     assert y.shape == (B, H * W, C) and y.dtype == torch.float32
     gy = torch.randn_like(y)
     grads = torch.autograd.grad((y * gy).sum(), (w, u, k, v))
     y_ref, grads_ref = reference_and_grads(w, u, k, v, (H, W), gy)
-    assert rel_err(y, y_ref) < 1e-6
+    assert rel_err(y.cpu(), y_ref) < 1e-6
     for name, g, g_ref in zip('wukv', grads, grads_ref):
-        assert rel_err(g, g_ref) < 1e-5, name
-    with torch.no_grad():  # inference takes the scans' no-autograd path
-        assert rel_err(bi_wkv_2d(w, u, k, v, (H, W)), y_ref) < 1e-6
+        assert g.shape == g_ref.shape, name
+        assert rel_err(g.cpu(), g_ref) < 1e-5, name
+    with torch.no_grad():  # inference: the PyTorch path skips autograd in its scans
+        assert rel_err(bi_wkv_2d(w, u, k, v, (H, W), backend=backend).cpu(), y_ref) < 1e-6
+
+
+def test_triton_and_torch_paths_agree_on_one_grid():
+    """Both paths on the same inputs: a 12 x 7 grid (lines longer than one chunk of neither)."""
+    w, u, k, v = make_inputs(2, 12, 7, 6, device=TRITON_DEVICE)
+    y_triton = bi_wkv_2d(w, u, k, v, (12, 7), backend='triton').cpu()
+    y_torch = bi_wkv_2d(*(t.detach().cpu() for t in (w, u, k, v)), (12, 7), backend='torch')
+    assert rel_err(y_triton, y_torch) < 1e-6
 
 
 def test_float64_gradcheck():
@@ -39,34 +58,46 @@ def test_float64_gradcheck():
     assert torch.autograd.gradcheck(lambda *a: bi_wkv_2d(*a, (3, 4)), (w, u, k, v))
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('dtype, tol', [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)])
-def test_half_inputs(dtype, tol):
-    w, u, k, v = make_inputs(2, 4, 5, 6)
-    y = bi_wkv_2d(w, u, k.to(dtype), v.to(dtype), (4, 5))
+def test_half_inputs(backend, dtype, tol):
+    w, u, k, v = make_inputs(2, 4, 5, 6, device=device_of(backend))
+    k, v = k.detach().to(dtype).requires_grad_(), v.detach().to(dtype).requires_grad_()
+    y = bi_wkv_2d(w, u, k, v, (4, 5), backend=backend)
     assert y.dtype == dtype
-    y_ref = bi_wkv_2d_reference(w, u, k.to(dtype), v.to(dtype), (4, 5))
-    assert rel_err(y, y_ref) < tol
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad((y.float() * gy.float()).sum(), (w, u, k, v))
+    assert [g.dtype for g in grads] == [torch.float32, torch.float32, dtype, dtype]
+    y_ref, grads_ref = reference_and_grads(w, u, k, v, (4, 5), gy)
+    assert rel_err(y.cpu(), y_ref) < tol
+    for name, g, g_ref in zip('wukv', grads, grads_ref):
+        assert rel_err(g.cpu(), g_ref) < 5 * tol, name
 
 
-def test_a_single_row_or_column_is_1d_bi_wkv():
-    w, u, k, v = make_inputs(2, 1, 9, 4)
-    assert rel_err(bi_wkv_2d(w, u, k, v, (1, 9)), bi_wkv(w, u, k, v)) < 1e-6
-    assert rel_err(bi_wkv_2d(w, u, k, v, (9, 1)), bi_wkv(w, u, k, v)) < 1e-6
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_a_single_row_or_column_is_1d_bi_wkv(backend):
+    w, u, k, v = make_inputs(2, 1, 9, 4, device=device_of(backend))
+    y_1d = bi_wkv(w, u, k, v, backend=backend)
+    assert rel_err(bi_wkv_2d(w, u, k, v, (1, 9), backend=backend), y_1d) < 1e-6
+    assert rel_err(bi_wkv_2d(w, u, k, v, (9, 1), backend=backend), y_1d) < 1e-6
+    w1, u1, k1, v1 = make_inputs(1, 1, 1, 3, device=device_of(backend))  # one token: y = v
+    assert rel_err(bi_wkv_2d(w1, u1, k1, v1, (1, 1), backend=backend), v1) < 1e-7
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('w_scale, k_scale', [(4.0, 3.0), (-0.6, 3.0), (0.5, 30.0)])
-def test_extremes_are_finite_and_accurate(w_scale, k_scale):
+def test_extremes_are_finite_and_accurate(backend, w_scale, k_scale):
     """Strong decay, growth with distance (w < 0: |w|·(H+W) ≈ 10), keys over ±30."""
-    w, u, k, v = make_inputs(1, 8, 9, 4, w_scale=1.0, k_scale=k_scale)
+    w, u, k, v = make_inputs(1, 8, 9, 4, w_scale=1.0, k_scale=k_scale, device=device_of(backend))
     w = (w.detach().abs() * w_scale).requires_grad_()
-    y = bi_wkv_2d(w, u, k, v, (8, 9))
+    y = bi_wkv_2d(w, u, k, v, (8, 9), backend=backend)
     gy = torch.randn_like(y)
     grads = torch.autograd.grad((y * gy).sum(), (w, u, k, v))
     y_ref, grads_ref = reference_and_grads(w, u, k, v, (8, 9), gy)
     assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
-    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(y.cpu(), y_ref) < 1e-5
     for name, g, g_ref in zip('ukv', grads[1:], grads_ref[1:]):
-        assert rel_err(g, g_ref) < 1e-4, name
+        assert rel_err(g.cpu(), g_ref) < 1e-4, name
 
 
 def test_bad_grid():
@@ -75,3 +106,7 @@ def test_bad_grid():
         bi_wkv_2d(w, u, k, v, (4, 4))
     with pytest.raises(ValueError, match='k must have shape'):
         bi_wkv_2d(w, u, k[0], v, (3, 4))
+    with pytest.raises(ValueError, match='backend must be one of'):
+        bi_wkv_2d(w, u, k, v, (3, 4), backend='cuda')
+    with pytest.raises(TypeError, match='not float64'):
+        bi_wkv_2d(w.double(), u.double(), k.double(), v.double(), (3, 4), backend='triton')

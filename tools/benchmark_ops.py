@@ -2,7 +2,7 @@
 
 For each (B, H×W, C): forward and forward+backward time of bi_wkv in raster order, in cross order,
 bi_wkv_2d, and torch's scaled_dot_product_attention at the same B, T, C (C / 64 heads of 64).
-CPU tensors run the PyTorch paths; on CUDA Bi-WKV runs the Triton kernels (2D: PyTorch path) and
+CPU tensors run the PyTorch paths; on CUDA the Triton kernels run (raster, cross and 2D) and
 the table adds the minimum bytes moved and GB/s. Prints markdown tables, writes JSON.
 
 Usage: python tools/benchmark_ops.py [--out benchmark_results/ops.json] [--quick]
@@ -21,7 +21,7 @@ MODES = ('raster', 'cross', '2d', 'sdpa')
 
 def _op(mode: str, grid, backend: str):
     if mode == '2d':
-        return lambda w, u, k, v: bi_wkv_2d(w, u, k, v, grid)
+        return lambda w, u, k, v: bi_wkv_2d(w, u, k, v, grid, backend=backend)
     if mode == 'sdpa':
         def sdpa(w, u, k, v):
             B, T, C = k.shape
