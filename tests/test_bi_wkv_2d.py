@@ -27,6 +27,13 @@ def reference_and_grads(w, u, k, v, grid, gy):
     return y, torch.autograd.grad((y * gy.cpu().double()).sum(), leaves)
 
 
+def gw_error_to_scale(gw, gw_ref, gy, v) -> float:
+    """max |gw - gw_ref| over the natural scale Σ|gy|·max|v| of gw = -Σ_t gy_t·(∂y_t/∂w): gw can cancel
+    to far below that scale (measured: up to 5e-5 relative error at error-to-scale 3e-8 in fp32)."""
+    scale = float(gy.detach().abs().sum() * v.detach().abs().max())
+    return float((gw.detach().cpu().double() - gw_ref).abs().max()) / scale
+
+
 # (1, 7, 5, 40): two channel blocks of the Triton kernels, the second one partly masked
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('B, H, W, C', [(2, 3, 4, 5), (1, 7, 5, 8), (2, 9, 9, 3), (1, 7, 5, 40)])
@@ -40,7 +47,10 @@ def test_fp32_matches_reference(backend, B, H, W, C):
     assert rel_err(y.cpu(), y_ref) < 1e-6
     for name, g, g_ref in zip('wukv', grads, grads_ref):
         assert g.shape == g_ref.shape, name
-        assert rel_err(g.cpu(), g_ref) < 1e-5, name
+        if name == 'w':  # a sum of signed terms over all tokens: bound by its scale, not by |gw|
+            assert gw_error_to_scale(g, g_ref, gy, v) < 1e-6
+        else:
+            assert rel_err(g.cpu(), g_ref) < 1e-5, name
     with torch.no_grad():  # inference: the PyTorch path skips autograd in its scans
         assert rel_err(bi_wkv_2d(w, u, k, v, (H, W), backend=backend).cpu(), y_ref) < 1e-6
 
