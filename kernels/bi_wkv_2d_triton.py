@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .bi_wkv_triton import NEG_INF, _block_c, _ratio_and_log, _update
+from .bi_wkv_triton import NEG_INF, _block_c, _empty_state, _park_and_fold, _ratio_and_log, _update
 
 _STATE_PLANES = 5  # backward state: a1, a2, d1, d2, p
 
@@ -97,33 +97,31 @@ def _load_output_side(y_ptr, lse_ptr, gy_ptr, offs, mask):
 
 
 @triton.jit
+def _line(T, C, n_lines, line_step, BLOCK_C: tl.constexpr):
+    """This program's channel lanes, their mask, and the first token of its line: line l of batch b
+    (program id b·n_lines + l) starts at token b·T + l·line_step (rows: n_lines = H, line_step = W;
+    columns: n_lines = W, line_step = 1)."""
+    pid = tl.program_id(0)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return offs_c, offs_c < C, (pid // n_lines).to(tl.int64) * T + (pid % n_lines) * line_step
+
+
+@triton.jit
 def _fwd_rows_kernel(
         w_ptr, k_ptr, v_ptr, r_ptr, rl_ptr,
         T, C, H, W,
         BLOCK_C: tl.constexpr,
 ):
     """R_t = Σ_{s in row, s≠t} e^{-(|Δcol|-1)w + k_s}·(v_s, 1), written as (num / den, log den)."""
-    pid = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = offs_c < C
+    offs_c, mask, start = _line(T, C, H, W, BLOCK_C)
     w = tl.load(w_ptr + offs_c, mask=mask, other=0.).to(tl.float32)
-    start = (pid // H).to(tl.int64) * T + (pid % H) * W
 
-    a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    b = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p = tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
+    a, b, p = _empty_state(BLOCK_C)
     for i in range(W):  # right-to-left: park the exclusive right state
         offs = (start + W - 1 - i) * C + offs_c
-        ratio, log_den = _ratio_and_log(a, b, p)
-        tl.store(r_ptr + offs, ratio, mask=mask)
-        tl.store(rl_ptr + offs, log_den, mask=mask)
-        key = tl.load(k_ptr + offs, mask=mask, other=0.).to(tl.float32)
-        val = tl.load(v_ptr + offs, mask=mask, other=0.).to(tl.float32)
-        a, b, p = _update(a, b, p, w, key, val, 1.)
+        a, b, p = _park_and_fold(a, b, p, w, k_ptr, v_ptr, r_ptr, rl_ptr, offs, mask)
 
-    a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    b = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p = tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
+    a, b, p = _empty_state(BLOCK_C)
     for j in range(W):  # left-to-right: add the left state to the parked right state
         offs = (start + j) * C + offs_c
         ratio_l, ld_l = _ratio_and_log(a, b, p)
@@ -145,16 +143,11 @@ def _fwd_cols_kernel(
 ):
     """y = (R + rows above + rows below + bonus) as num / den, and log den; (y, lse) hold R on entry,
     (s, sl) park the rows-above state."""
-    pid = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = offs_c < C
+    offs_c, mask, start = _line(T, C, W, 1, BLOCK_C)
     w = tl.load(w_ptr + offs_c, mask=mask, other=0.).to(tl.float32)
     u = tl.load(u_ptr + offs_c, mask=mask, other=0.).to(tl.float32)
-    start = (pid // W).to(tl.int64) * T + pid % W
 
-    a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    b = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p = tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
+    a, b, p = _empty_state(BLOCK_C)
     for r in range(H):  # top-down: park the rows-above state, fold the inclusive row sum I
         offs = (start + r * W) * C + offs_c
         ratio, log_den = _ratio_and_log(a, b, p)
@@ -166,9 +159,7 @@ def _fwd_cols_kernel(
                                      tl.load(lse_ptr + offs, mask=mask, other=NEG_INF) - w, val, key)
         a, b, p = _update(a, b, p, w, ld_i, ratio_i, 1.)
 
-    a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    b = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p = tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
+    a, b, p = _empty_state(BLOCK_C)
     for i in range(H):  # bottom-up: combine the four parts under one maximum
         offs = (start + (H - 1 - i) * W) * C + offs_c
         key = tl.load(k_ptr + offs, mask=mask, other=0.).to(tl.float32)
@@ -199,11 +190,8 @@ def _bwd_rows_kernel(
 ):
     """Output-side R_t = Σ_{s in row, s≠t} e^{-(|Δcol|-1)w + q_s}·(gy_s, gy_s·y_s) with its distance
     sums, written as five planes (a1, a2, d1, d2, p) of N = B·T·C values."""
-    pid = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = offs_c < C
+    offs_c, mask, start = _line(T, C, H, W, BLOCK_C)
     w = tl.load(w_ptr + offs_c, mask=mask, other=0.).to(tl.float32)
-    start = (pid // H).to(tl.int64) * T + (pid % H) * W
     zero = tl.zeros([BLOCK_C], dtype=tl.float32)
 
     a1, a2, d1, d2 = zero, zero, zero, zero
@@ -235,12 +223,9 @@ def _bwd_cols_kernel(
     """Gradients from the output-side total E = R + rows above + rows below (exclusive) and the bonus:
     gv = e^{k}·E1 + e^{u+k+q}·gy, gk = v·gv - (e^{k}·E2 + e^{u+k+q}·gy·y), per-column partials of
     gw = -Σ e^{k}·(v·D1 - D2) and gu = Σ e^{u+k+q}·gy·(v - y). (s) parks the rows-above state."""
-    pid = tl.program_id(0)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = offs_c < C
+    offs_c, mask, start = _line(T, C, W, 1, BLOCK_C)
     w = tl.load(w_ptr + offs_c, mask=mask, other=0.).to(tl.float32)
     u = tl.load(u_ptr + offs_c, mask=mask, other=0.).to(tl.float32)
-    start = (pid // W).to(tl.int64) * T + pid % W
     zero = tl.zeros([BLOCK_C], dtype=tl.float32)
 
     a1, a2, d1, d2 = zero, zero, zero, zero
@@ -276,7 +261,7 @@ def _bwd_cols_kernel(
         i1, i2, id1, id2, pi = _fold(r1, r2, rd1, rd2, pr, w, q, x1, x2, 0., 0.)
         a1, a2, d1, d2, p = _fold(a1, a2, d1, d2, p, w, pi, i1, i2, id1, id2)
 
-    offs_pc = pid.to(tl.int64) * C + offs_c
+    offs_pc = tl.program_id(0).to(tl.int64) * C + offs_c
     tl.store(gw_ptr + offs_pc, gw, mask=mask)
     tl.store(gu_ptr + offs_pc, gu, mask=mask)
 

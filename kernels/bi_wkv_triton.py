@@ -50,6 +50,24 @@ def _update(a, b, p, w, key, val_a, val_b):
 
 
 @triton.jit
+def _empty_state(BLOCK_C: tl.constexpr):
+    """(a, b, p) of an empty sum for BLOCK_C channels."""
+    zero = tl.zeros([BLOCK_C], dtype=tl.float32)
+    return zero, zero, tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
+
+
+@triton.jit
+def _park_and_fold(a, b, p, w, k_ptr, v_ptr, ratio_ptr, log_ptr, offs, mask):
+    """Store the exclusive state at ``offs`` as (num / den, log den), then fold that token in."""
+    ratio, log_den = _ratio_and_log(a, b, p)
+    tl.store(ratio_ptr + offs, ratio, mask=mask)
+    tl.store(log_ptr + offs, log_den, mask=mask)
+    key = tl.load(k_ptr + offs, mask=mask, other=0.).to(tl.float32)
+    val = tl.load(v_ptr + offs, mask=mask, other=0.).to(tl.float32)
+    return _update(a, b, p, w, key, val, 1.)
+
+
+@triton.jit
 def _update_with_derivative(a, b, da, db, p, w, key, val):
     """As ``_update`` and also carry P' = e^{-w} (P + A), the distance-weighted sums."""
     p_new = tl.maximum(p - w, key)
@@ -83,22 +101,13 @@ def _bi_wkv_fwd_kernel(
     row0 = pid_b * T
 
     # right-to-left: park the exclusive state of i > t as (num/den, log den) in y and lse
-    a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    b = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p = tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
+    a, b, p = _empty_state(BLOCK_C)
     for i in range(T):
         offs = _token_offsets(row0, T - 1 - i, offs_c, H, W, SPLIT, C)
-        ratio, log_den = _ratio_and_log(a, b, p)
-        tl.store(y_ptr + offs, ratio, mask=mask)
-        tl.store(lse_ptr + offs, log_den, mask=mask)
-        key = tl.load(k_ptr + offs, mask=mask, other=0.).to(tl.float32)
-        val = tl.load(v_ptr + offs, mask=mask, other=0.).to(tl.float32)
-        a, b, p = _update(a, b, p, w, key, val, 1.)
+        a, b, p = _park_and_fold(a, b, p, w, k_ptr, v_ptr, y_ptr, lse_ptr, offs, mask)
 
     # left-to-right: combine left state, parked right state and the bonus term
-    a = tl.zeros([BLOCK_C], dtype=tl.float32)
-    b = tl.zeros([BLOCK_C], dtype=tl.float32)
-    p = tl.full([BLOCK_C], NEG_INF, dtype=tl.float32)
+    a, b, p = _empty_state(BLOCK_C)
     for t in range(T):
         offs = _token_offsets(row0, t, offs_c, H, W, SPLIT, C)
         key = tl.load(k_ptr + offs, mask=mask, other=0.).to(tl.float32)
