@@ -42,8 +42,11 @@ def check_against_reference(backend, B, T, C, dtype, device, tol_y, tol_g, gw_sc
             # bound its error by the natural scale sum|gy| * max|v| instead of by |gw|
             scale = float(gy.abs().sum() * v.detach().abs().max())
             assert float((g.cpu().double() - g_ref).abs().max()) < gw_scale_tol * scale, name
-        elif float(g_ref.abs().max()) < torch.finfo(torch.float32).tiny:  # below float32's range
-            assert float(g.abs().max()) < 1e-30, name
+        elif float(g_ref.abs().max()) < torch.finfo(torch.float32).tiny:
+            # zero (T = 1: y = v for any u, w) or below float32's range: what float32 leaves is rounding
+            # noise, bounded by the scale sum|gy| * max|v| of the gradient's terms
+            scale = float(gy.abs().sum() * v.detach().abs().max())
+            assert float(g.abs().max()) < 1e-6 * scale, name
         else:
             assert rel_err(g.cpu(), g_ref) < tol_g, name
 
