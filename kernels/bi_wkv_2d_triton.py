@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .bi_wkv_triton import NEG_INF, _block_c, _empty_state, _park_and_fold, _ratio_and_log, _update
+from .bi_wkv_triton import NEG_INF, _block_c, _empty_state, _fold, _park_and_fold, _ratio_and_log, _update
 
 _STATE_PLANES = 5  # backward state: a1, a2, d1, d2, p
 
@@ -38,17 +38,6 @@ def _merge_ratio(ratio_a, ld_a, ratio_b, ld_b):
     e_b = tl.exp(ld_b - m)
     den = e_a + e_b
     return (ratio_a * e_a + ratio_b * e_b) / den, m + tl.log(den)
-
-
-@triton.jit
-def _fold(a1, a2, d1, d2, p, w, key, x1, x2, dx1, dx2):
-    """Decay a state by e^{-w} and add the item e^{key}·(x1, x2) with distance sums (dx1, dx2):
-    the state's distance sums grow by its values, D' = e^{-w}·(D + A) + e^{key}·dx."""
-    p_new = tl.maximum(p - w, key)
-    e_old = tl.exp(p - w - p_new)
-    e_new = tl.exp(key - p_new)
-    return (a1 * e_old + x1 * e_new, a2 * e_old + x2 * e_new,
-            (d1 + a1) * e_old + dx1 * e_new, (d2 + a2) * e_old + dx2 * e_new, p_new)
 
 
 @triton.jit

@@ -68,14 +68,15 @@ def _park_and_fold(a, b, p, w, k_ptr, v_ptr, ratio_ptr, log_ptr, offs, mask):
 
 
 @triton.jit
-def _update_with_derivative(a, b, da, db, p, w, key, val):
-    """As ``_update`` and also carry P' = e^{-w} (P + A), the distance-weighted sums."""
+def _fold(a1, a2, d1, d2, p, w, key, x1, x2, dx1, dx2):
+    """As ``_update``, also carrying the distance-weighted sums D of the state: decay by e^{-w} and add
+    the item e^{key}·(x1, x2) with its own distance sums (dx1, dx2), so D' = e^{-w}·(D + A) + e^{key}·dx
+    (dx = 0 for a single token; the 2D column scans fold whole row sums)."""
     p_new = tl.maximum(p - w, key)
     e_old = tl.exp(p - w - p_new)
     e_new = tl.exp(key - p_new)
-    da = (da + a) * e_old
-    db = (db + b) * e_old
-    return a * e_old + e_new * val, b * e_old + e_new, da, db, p_new
+    return (a1 * e_old + x1 * e_new, a2 * e_old + x2 * e_new,
+            (d1 + a1) * e_old + dx1 * e_new, (d2 + a2) * e_old + dx2 * e_new, p_new)
 
 
 @triton.jit
@@ -184,7 +185,7 @@ def _bi_wkv_bwd_kernel(
                 tl.store(gk_ptr + offs, val * s1 - s2 + sk_r, mask=mask)
 
             g1, g2, pg = _update(g1, g2, pg, w, q, gy, gy * y)
-            an, ad, dn, dd, pa = _update_with_derivative(an, ad, dn, dd, pa, w, key, val)
+            an, ad, dn, dd, pa = _fold(an, ad, dn, dd, pa, w, key, val, 1., 0., 0.)
 
     offs_bc = pid_b * C + offs_c
     tl.store(gw_ptr + offs_bc, gw, mask=mask)
