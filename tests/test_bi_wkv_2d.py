@@ -106,8 +106,18 @@ def test_extremes_are_finite_and_accurate(backend, w_scale, k_scale):
     y_ref, grads_ref = reference_and_grads(w, u, k, v, (8, 9), gy)
     assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
     assert rel_err(y.cpu(), y_ref) < 1e-5
-    for name, g, g_ref in zip('ukv', grads[1:], grads_ref[1:]):
-        assert rel_err(g.cpu(), g_ref) < 1e-4, name
+    (_, gu, gk, gv), (_, gu_ref, gk_ref, gv_ref) = grads, grads_ref
+    assert rel_err(gu.cpu(), gu_ref) < 1e-4 and rel_err(gv.cpu(), gv_ref) < 1e-4
+    _, (_, _, _, gv_abs_ref) = reference_and_grads(w, u, k, v, (8, 9), gy.abs())
+    assert gk_error_to_scale(gk, gk_ref, v, y_ref, gv_abs_ref) < 1e-6  # measured: up to 1.7e-7 in 40 seeds
+
+
+def gk_error_to_scale(gk, gk_ref, v, y_ref, gv_abs_ref) -> float:
+    """||gk - gk_ref|| over the norm of the scale of its terms. gk_s = v_s·G1_s - G2_s with
+    G1_s = Σ_t P_ts·gy_t and G2_s = Σ_t P_ts·gy_t·y_t cancels when token s dominates the rows it is in
+    (keys over ±30); |v_s·G1_s| + |G2_s| <= (|v_s| + max|y|)·Σ_t P_ts·|gy_t|, the gv of |gy|."""
+    scale = (v.detach().cpu().double().abs() + y_ref.detach().abs().max()) * gv_abs_ref
+    return float((gk.detach().cpu().double() - gk_ref).norm() / scale.norm())
 
 
 def test_bad_grid():
