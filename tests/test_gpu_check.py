@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import SEED
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'tools' / 'gpu_check.py'
 # not installed on the GPU machines (only torch, triton, timm, numpy, scipy, scikit-image are)
@@ -42,7 +44,7 @@ def test_smoke_run_without_optional_packages(tmp_path):
     wrapper = BLOCKING_WRAPPER.format(blocked=BLOCKED, script=str(SCRIPT))
     # one thread: tiny ops on a loaded 2-core machine run many times faster without OpenMP contention
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'TRITON_INTERPRET': '1', 'OMP_NUM_THREADS': '1'}
-    result = subprocess.run([sys.executable, '-c', wrapper, '--smoke', '--out', str(out), '--seed', '1'],
+    result = subprocess.run([sys.executable, '-c', wrapper, '--smoke', '--out', str(out), '--seed', str(SEED)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
@@ -101,7 +103,7 @@ def test_broken_kernel_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(kernels_2d, 'bi_wkv_2d_triton_backward', broken_backward_2d)
     cases = gpu_check.kernel_cases('smoke')
     monkeypatch.setattr(gpu_check, 'kernel_cases', lambda mode: cases[:4])  # one case per op, fp32
-    assert gpu_check.main(['--smoke', '--sections', 'kernels', '--out', str(tmp_path), '--seed', '2']) == 1
+    assert gpu_check.main(['--smoke', '--sections', 'kernels', '--out', str(tmp_path), '--seed', str(SEED)]) == 1
 
     data = json.loads((tmp_path / 'gpu_check.json').read_text())
     assert data['summary']['exit_code'] == 1 and data['errors'] == []

@@ -57,8 +57,8 @@ import timm  # noqa: E402
 import triton  # noqa: E402
 
 TOOLS = str(Path(__file__).resolve().parent)
-if TOOLS not in sys.path:  # the sibling modules (already there when run as a script)
-    sys.path.append(TOOLS)
+if TOOLS not in sys.path:  # the sibling modules, as when run as a script
+    sys.path.insert(0, TOOLS)
 
 import vision_rwkv  # noqa: E402,F401  (registers the VRWKV models in timm)
 from benchmark import op_inputs  # noqa: E402
@@ -76,7 +76,7 @@ SAM_VIT_B = 'sam_vit_b'
 PLANS = {
     'full': dict(
         budgets=dict(kernels=120, model_check=25, bench_ops=40, bench_models=65, bench_sam=25, multi_device=10),
-        total=285, hard_limit=420,
+        total=270, hard_limit=420,
         model_check=dict(models=('vrwkv_tiny_patch16_224', 'vrwkv_small_patch16_224'), img=224, batch=2, kwargs={}),
         ops=dict(B=8, C=384, heads=6, seq_lens=(196, 1024, 4096, 16384, 65536), target=(8, 16384, 768),
                  copy_bytes=2 ** 30, seconds=0.4),
@@ -85,7 +85,7 @@ PLANS = {
         sam=dict(variants=('tiny', 'small', 'base'), img=1024, batches=(1, 8), kwargs={}, seconds=0.4)),
     'quick': dict(
         budgets=dict(kernels=45, model_check=15, bench_ops=15, bench_models=20, bench_sam=10, multi_device=10),
-        total=105, hard_limit=200,
+        total=100, hard_limit=200,
         model_check=dict(models=('vrwkv_tiny_patch16_224', 'vrwkv_small_patch16_224'), img=224, batch=2, kwargs={}),
         ops=dict(B=8, C=384, heads=6, seq_lens=(196, 4096, 16384), target=(8, 16384, 768),
                  copy_bytes=2 ** 28, seconds=0.15),
@@ -97,7 +97,7 @@ PLANS = {
         total=3600, hard_limit=0,
         model_check=dict(models=('vrwkv_tiny_patch16_224', 'vrwkv_small_patch16_224'), img=32, batch=2,
                          kwargs=dict(depth=1)),
-        ops=dict(B=1, C=12, heads=6, seq_lens=(4, 8), target=(1, 4, 24), copy_bytes=2 ** 20, seconds=0.0),
+        ops=dict(B=1, C=48, heads=6, seq_lens=(4, 8), target=(1, 4, 48), copy_bytes=2 ** 20, seconds=0.0),
         models=dict(sizes=(32, 48), batch={32: 2, 48: 1}, families=('tiny',), kwargs=dict(depth=1), seconds=0.0),
         sam=dict(variants=('tiny',), img=32, batches=(1, 2), kwargs=dict(depth=1), seconds=0.0)),
 }
@@ -145,12 +145,20 @@ class Device:
         return torch.cuda.max_memory_allocated(self.device) / 2 ** 30 if self.cuda else None
 
     def free_bytes(self) -> Optional[int]:
-        return torch.cuda.mem_get_info(self.device)[0] if self.cuda else None
+        """Free device memory (None on CPU, or when the device no longer answers after a CUDA error)."""
+        try:
+            return torch.cuda.mem_get_info(self.device)[0] if self.cuda else None
+        except RuntimeError:
+            return None
 
     def release(self) -> None:
+        """Free what the last step left (never raises: after a sticky CUDA error every call fails)."""
         gc.collect()
         if self.cuda:
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except RuntimeError:
+                pass
 
 
 def measure_ms(fn: Callable[[], object], dev: Device, seconds: float, max_calls: int = 100) -> float:
@@ -252,9 +260,11 @@ class Report:
 
     def markdown(self, details: bool) -> str:
         m = self.data['machine']
+        gpus = f"{m['gpu_count']} x {m['gpu']} ({fmt(m['gpu_memory_GiB'])} GiB, sm {m['capability']})"
         out = [f"# GPU check ({self.data['mode']}), {m['date']}", '',
-               f"{m['gpu']} x{m['gpu_count']}, torch {m['torch']} (CUDA {m['cuda']}), triton {m['triton']}, "
-               f"timm {m['timm']}, Python {m['python']}, seed {m['seed']}", '']
+               f"{gpus if m['gpu_count'] else m['gpu']}; torch {m['torch']} (CUDA {m['cuda']}), "
+               f"triton {m['triton']}, timm {m['timm']}, Python {m['python']}; "
+               f"seed {m['seed']} (--seed to replay)", '']
         out += self._kernel_markdown(details)
         sections = [
             ('model_check', 'Correctness: VRWKV on the device in fp32 vs the float64 CPU model',
@@ -413,8 +423,9 @@ def check_model(ctx: Context, name: str) -> List[Dict]:
 
 def section_model_check(ctx: Context) -> None:
     p = ctx.plan['model_check']
-    ctx.report.note('model_check', f"batch {p['batch']} at {p['img']}px{', ' + str(p['kwargs']) if p['kwargs'] else ''}; "
-                                   f"tolerances {MODEL_TOL} (about 100x the fp32 error measured on CPU)")
+    smoke = f", smoke models {p['kwargs']}" if p['kwargs'] else ''
+    ctx.report.note('model_check', f"batch {p['batch']} at {p['img']}px{smoke}; tolerances {MODEL_TOL} "
+                                   '(about 100x the fp32 error measured on CPU)')
     for name in p['models']:
         if ctx.out_of_time('model_check', name):
             continue
@@ -515,7 +526,8 @@ def section_bench_ops(ctx: Context) -> None:
     report.note('bench_ops', f"device-to-device copy: {copy_gbps:.1f} GB/s ({p['copy_bytes'] / 2 ** 20:.0f} MiB, "
                              f"read + write counted)")
     report.note('bench_ops', 'GB/s = bytes Bi-WKV must move / time: fwd 3·B·T·C·2 (read k, v; write y, bf16), '
-                             'fwd+bwd 8·B·T·C·2 (plus read k, v, gy; write gk, gv); pct_copy = share of the copy GB/s')
+                             'fwd+bwd 8·B·T·C·2 (plus read k, v, gy; write gk, gv); '
+                             'pct_copy = share of the copy GB/s')
     report.note('bench_ops', f"SDPA: {p['heads']} heads of {p['C'] // p['heads']}, "
                              f"{'flash backend' if dev.cuda else 'default backend (CPU)'}; bf16; ms per call")
     report.data['bench_ops']['copy_GBps'] = copy_gbps
@@ -528,10 +540,11 @@ def section_bench_ops(ctx: Context) -> None:
             continue
         t0 = time.monotonic()
         row = dict(B=B, T=T, C=C, op='bi_wkv raster / sdpa')
-        row.update(guarded(ctx, 'bench_ops', f'Bi-WKV T={T}', lambda: bench_bi_wkv(dev, B, T, C, p['seconds'])))
+        ours = guarded(ctx, 'bench_ops', f'Bi-WKV T={T}', lambda: bench_bi_wkv(dev, B, T, C, p['seconds']))
         sdpa = guarded(ctx, 'bench_ops', f'SDPA T={T}', lambda: bench_sdpa(dev, B, T, C, p['heads'], p['seconds']))
-        row.update({k: v for k, v in sdpa.items() if k != 'status'})
-        row['status'] = row['status'] if sdpa['status'] == 'ok' else f"sdpa {sdpa['status']}"
+        row.update(ours, **sdpa)
+        row['status'] = ('ok' if ours['status'] == sdpa['status'] == 'ok'
+                         else f"bi_wkv {ours['status']}, sdpa {sdpa['status']}")
         add_bandwidth(row, copy_gbps)
         dev.release()
         last = (time.monotonic() - t0, T)
@@ -680,7 +693,8 @@ def section_bench_sam(ctx: Context) -> None:
             if ctx.out_of_time('bench_sam', item):
                 continue
             row = dict(model=name, img_size=p['img'], batch=batch)
-            row.update(guarded(ctx, 'bench_sam', item, lambda: bench_encoder(dev, build, batch, p['img'], p['seconds'])))
+            row.update(guarded(ctx, 'bench_sam', item,
+                               lambda: bench_encoder(dev, build, batch, p['img'], p['seconds'])))
             dev.release()
             group.append(row)
             print(f"[bench_sam] {item}: {fmt(row.get('images_per_s'))} img/s, peak {fmt(row.get('peak_GiB'))} GiB "
@@ -763,7 +777,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         budget = max(0., min(plan['budgets'][name] + carry, plan['total'] - (time.monotonic() - start)))
         ctx.budget = Budget(budget)
-        report.data[name]['status'] = 'running'
+        report.data[name].update(status='running', budget_s=budget)
         try:
             SECTION_FUNCTIONS[name](ctx)
         except Exception as e:  # noqa: BLE001  (a section that breaks must not stop the others)
