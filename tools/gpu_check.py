@@ -373,8 +373,8 @@ def check_case(ctx: Context, section: str, case: Case, device: torch.device) -> 
 
 
 def section_kernels(ctx: Context) -> None:
-    ctx.report.note('kernels', 'tolerance: eps of the stored dtype + 16·eps32·sqrt(T) (gradients 10x); '
-                               'see gpu_check_kernels.tolerance')
+    ctx.report.note('kernels', 'norm-wise relative error; tolerance: eps of the stored dtype + '
+                               '16·eps32·(sqrt(T) + T/256) (gradients 10x), see gpu_check_kernels.tolerance')
     ctx.report.rows('kernels').extend(reference_self_checks(torch.device('cpu')))
     for case in kernel_cases(ctx.mode):
         if not ctx.out_of_time('kernels', case.name, case.B * case.T * case.C / 5e8):
@@ -661,8 +661,16 @@ def add_ratios(group: List[Dict]) -> None:
 
 # ---- (c) SAM image encoders ----------------------------------------------------------------------
 def sam_builders(ctx: Context) -> Dict[str, Callable[[], torch.nn.Module]]:
-    """Encoder constructors of the models that import here; what does not import is recorded as skipped."""
+    """Encoder constructors of the models that import here, the baseline first; what does not import
+    is recorded as skipped."""
     p, builders = ctx.plan['sam'], {}
+    try:
+        import segment_anything  # noqa: F401
+        from benchmark_sam import build_encoder  # segment-anything's ViT-B image encoder, img_size free
+        builders[SAM_VIT_B] = lambda: build_encoder(SAM_VIT_B, p['img'])
+    except ImportError as e:
+        ctx.report.skip('bench_sam', f'segment-anything ViT-B ({SAM_VIT_B})',
+                        f'segment_anything does not import ({e}); no substitute baseline is measured')
     try:
         from vision_rwkv.sam import rwkv_sam_model_registry
         for variant in p['variants']:
@@ -671,13 +679,6 @@ def sam_builders(ctx: Context) -> Dict[str, Callable[[], torch.nn.Module]]:
     except Exception as e:  # noqa: BLE001  (a missing dependency of vision_rwkv.sam)
         for variant in p['variants']:
             ctx.report.skip('bench_sam', f'RWKV-SAM {variant}', f'vision_rwkv.sam does not import: {e}')
-    try:
-        import segment_anything  # noqa: F401
-        from benchmark_sam import build_encoder  # segment-anything's ViT-B image encoder, img_size free
-        builders[SAM_VIT_B] = lambda: build_encoder(SAM_VIT_B, p['img'])
-    except ImportError as e:
-        ctx.report.skip('bench_sam', f'segment-anything ViT-B ({SAM_VIT_B})',
-                        f'segment_anything does not import ({e}); no substitute baseline is measured')
     return builders
 
 
@@ -685,30 +686,44 @@ def section_bench_sam(ctx: Context) -> None:
     p, dev, report = ctx.plan['sam'], ctx.dev, ctx.report
     report.note('bench_sam', f"image encoders only, random weights, bf16 weights and input, inference; {p['img']}px"
                 + (f"; smoke encoders {p['kwargs']}" if p['kwargs'] else ''))
-    builders = sam_builders(ctx)
-    for batch in p['batches']:
-        group = []
-        for name, build in builders.items():
+    for name, build in sam_builders(ctx).items():
+        rows, encoder = [], None
+        for batch in p['batches']:
             item = f'{name} {p["img"]}px batch {batch}'
             if ctx.out_of_time('bench_sam', item):
                 continue
             row = dict(model=name, img_size=p['img'], batch=batch)
-            row.update(guarded(ctx, 'bench_sam', item,
-                               lambda: bench_encoder(dev, build, batch, p['img'], p['seconds'])))
-            dev.release()
-            group.append(row)
+            try:
+                if encoder is None:
+                    encoder = build().to(dev.device, torch.bfloat16).eval()
+                row.update(bench_encoder(dev, encoder, batch, p['img'], p['seconds']), status='ok')
+            except Exception as e:  # noqa: BLE001
+                row['status'] = 'OOM' if is_oom(e) else 'error'
+                if not is_oom(e):
+                    report.error('bench_sam', item, e)
+                encoder = None
+                dev.release()
+            rows.append(row)
             print(f"[bench_sam] {item}: {fmt(row.get('images_per_s'))} img/s, peak {fmt(row.get('peak_GiB'))} GiB "
                   f"[{row['status']}]", flush=True)
-        vit_b = next((r for r in group if r['model'] == SAM_VIT_B and r.get('images_per_s')), None)
-        for row in group:
-            if vit_b and row.get('images_per_s'):
-                row['speed_vs_vit_b'] = row['images_per_s'] / vit_b['images_per_s']
-        report.rows('bench_sam').extend(group)
+        del encoder
+        dev.release()
+        report.rows('bench_sam').extend(rows)
+        add_vit_b_ratios(report.rows('bench_sam'))
         report.save()
 
 
-def bench_encoder(dev: Device, build: Callable[[], torch.nn.Module], batch: int, size: int, seconds: float) -> Dict:
-    encoder = build().to(dev.device, torch.bfloat16).eval()
+def add_vit_b_ratios(rows: List[Dict]) -> None:
+    """images/s of every row over segment-anything ViT-B's at the same batch (when measured)."""
+    for row in rows:
+        vit_b = next((r for r in rows if r['model'] == SAM_VIT_B and r['batch'] == row['batch']
+                      and r.get('images_per_s')), None)
+        if vit_b and row.get('images_per_s'):
+            row['speed_vs_vit_b'] = row['images_per_s'] / vit_b['images_per_s']
+
+
+def bench_encoder(dev: Device, encoder: torch.nn.Module, batch: int, size: int, seconds: float) -> Dict:
+    """ms, images/s and peak allocated memory of a bf16 encoder on a (batch, 3, size, size) bf16 input."""
     x = torch.randn(batch, 3, size, size, device=dev.device, dtype=torch.bfloat16)
 
     def forward():

@@ -77,12 +77,13 @@ def tolerance(out_dtype: torch.dtype, T: int, gradient: bool) -> float:
     - Storing the fp32 result in ``out_dtype`` rounds each element by at most eps/2 relative, so the
       norm-wise error is at most eps/2 (bf16 2^-8, fp16 2^-11); we allow eps, twice that. The
       references take the rounded inputs, so input rounding adds nothing.
-    - fp32 arithmetic: rounding in the log-space recurrences accumulates like a random walk over the
-      scan, ~eps32·sqrt(T); we allow 16·eps32·sqrt(T) for y (3e-5 at T = 300, 5e-4 at T = 65536) and
-      ten times that for gradients, where gk = v·S1 - S2 cancels. A wrong index or a lost term
-      gives errors of 1e-2 and more.
+    - fp32 arithmetic: rounding in the log-space recurrences of a sequential scan accumulates along
+      it, between sqrt(T) and T (measured on CPU with these inputs: 4e-6 at T = 512, 1e-5 at 8192,
+      1e-4 at 65536 in an fp32 emulation of the kernel's recurrence); we allow
+      16·eps32·(sqrt(T) + T/256) for y (3e-5 at T = 300, 1e-3 at T = 65536, 5e-3 at T = 2^19) and ten
+      times that for gradients, where gk = v·S1 - S2 cancels. Index or term errors give 1e-2 and more.
     """
-    slack = 16 * FP32_EPS * math.sqrt(T) * (10 if gradient else 1)
+    slack = 16 * FP32_EPS * (math.sqrt(T) + T / 256) * (10 if gradient else 1)
     return torch.finfo(out_dtype).eps + slack
 
 
