@@ -1,8 +1,9 @@
 """tools/gpu_check.py on CPU at tiny shapes (Triton interpreter), so that the GPU check cannot rot.
 
-End to end in a subprocess with the packages the GPU machine lacks blocked at import; and with a
+End to end in a subprocess with the packages the GPU machine lacks blocked at import; with a
 deliberately broken kernel (monkeypatched in-process), which must make it exit non-zero with the
-failing checks, and only those, marked FAIL.
+failing checks, and only those, marked FAIL; and with no time budget left, where every item must be
+reported as skipped.
 """
 import json
 import os
@@ -82,6 +83,14 @@ def test_smoke_run_without_optional_packages(tmp_path):
     assert '## Summary' in result.stdout and 'exit code 0' in result.stdout
 
 
+def patch_kernel(monkeypatch, name, replacement):
+    """Replace the kernel entry point ``name`` in every loaded module of vision_rwkv.kernels that holds it
+    (its own module, and any module that imported the name)."""
+    for module in list(sys.modules.values()):
+        if getattr(module, '__name__', '').startswith('vision_rwkv.kernels') and hasattr(module, name):
+            monkeypatch.setattr(module, name, replacement)
+
+
 def test_broken_kernel_fails(tmp_path, monkeypatch):
     """The 1D forward off by 5% and the 2D backward's gk off by 5%: exit 1; exactly those checks fail."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
@@ -99,8 +108,8 @@ def test_broken_kernel_fails(tmp_path, monkeypatch):
         gw, gu, gk, gv = backward_2d(*args)
         return gw, gu, gk * 1.05, gv
 
-    monkeypatch.setattr(kernels_1d, 'bi_wkv_triton_forward', broken_forward_1d)
-    monkeypatch.setattr(kernels_2d, 'bi_wkv_2d_triton_backward', broken_backward_2d)
+    patch_kernel(monkeypatch, 'bi_wkv_triton_forward', broken_forward_1d)
+    patch_kernel(monkeypatch, 'bi_wkv_2d_triton_backward', broken_backward_2d)
     cases = gpu_check.kernel_cases('smoke')
     monkeypatch.setattr(gpu_check, 'kernel_cases', lambda mode: cases[:4])  # one case per op, fp32
     assert gpu_check.main(['--smoke', '--sections', 'kernels', '--out', str(tmp_path), '--seed', str(SEED)]) == 1
@@ -115,3 +124,21 @@ def test_broken_kernel_fails(tmp_path, monkeypatch):
     assert status[('2d', 'y')] == 'PASS' and status[('2d', 'gv')] == 'PASS'
     assert status[('2d', 'gk')] == 'FAIL'
     assert '| FAIL |' in (tmp_path / 'gpu_check.md').read_text()
+
+
+def test_exhausted_budget_skips_and_says_so(tmp_path, monkeypatch):
+    """With no time left every measured item is listed as skipped, nothing fails, exit 0."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import gpu_check
+
+    monkeypatch.setitem(gpu_check.PLANS['smoke'], 'total', 0)
+    assert gpu_check.main(['--smoke', '--out', str(tmp_path), '--seed', str(SEED),
+                           '--sections', 'kernels,model_check,bench_ops,bench_models']) == 0
+    data = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert data['errors'] == [] and data['kernels']['rows'][0]['case'].startswith('reference self-check')
+    reasons = {s['section']: s['reason'] for s in data['skipped']}
+    assert set(reasons) == {'kernels', 'model_check', 'bench_ops', 'bench_models'}
+    assert all(reason.startswith('time budget') for reason in reasons.values())
+    skipped_cases = [s['item'] for s in data['skipped'] if s['section'] == 'kernels']
+    assert skipped_cases == [case.name for case in gpu_check.kernel_cases('smoke')]
+    assert data['bench_ops']['rows'] == [] and data['bench_models']['rows'] == []

@@ -310,9 +310,12 @@ class Report:
         summary = self.data.get('summary', {})
         checks = [r for n in ('kernels', 'model_check', 'multi_device') for r in self.rows(n)]
         passed = sum(r.get('status') == 'PASS' for r in checks)
+        times = ', '.join(f"{n} {self.data[n]['seconds']:.0f}/{self.data[n]['budget_s']:.0f} s" for n in SECTIONS
+                          if 'seconds' in self.data[n])
         out += ['', '## Summary', '',
                 f"{passed} checks passed, {summary.get('failures', 0)} failures (failed checks and errors), "
-                f"{len(self.data['skipped'])} items skipped; exit code {summary.get('exit_code', '-')}", '']
+                f"{len(self.data['skipped'])} items skipped; exit code {summary.get('exit_code', '-')}", '',
+                f'time used / budget: {times or "-"}', '']
         return out
 
 
