@@ -59,6 +59,7 @@ import triton  # noqa: E402
 TOOLS = str(Path(__file__).resolve().parent)
 if TOOLS not in sys.path:  # the sibling modules, as when run as a script
     sys.path.insert(0, TOOLS)
+sys.path.append(str(Path(TOOLS).parent))  # the checkout, last: an installed vision_rwkv comes first
 
 import vision_rwkv  # noqa: E402,F401  (registers the VRWKV models in timm)
 from benchmark import op_inputs  # noqa: E402
