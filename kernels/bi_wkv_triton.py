@@ -277,9 +277,10 @@ def _carry_kernel(
 def _fwd_finish_kernel(
         w_ptr, u_ptr, k_ptr, v_ptr, carry_ptr, y_ptr, lse_ptr,
         T, C, H, W, SPLIT, n_chunks, N,
-        L: tl.constexpr, BLOCK_C: tl.constexpr,
+        L: tl.constexpr, BLOCK_C: tl.constexpr, WITH_LSE: tl.constexpr,
 ):
-    """y = (left + right + bonus) as num / den, and log den, for every token of the chunk."""
+    """y = (left + right + bonus) as num / den (stored in y's dtype), and log den if WITH_LSE, for every
+    token of the chunk."""
     b, j, offs_c, c_mask, rows, offs_s = _chunk_program(n_chunks, C, L, BLOCK_C)
     w = tl.load(w_ptr + offs_c, mask=c_mask, other=0.)
     u = tl.load(u_ptr + offs_c, mask=c_mask, other=0.)
@@ -308,8 +309,9 @@ def _fwd_finish_kernel(
     e_d = tl.exp(ld_d - m)
     den = e_l + e_r + e_d
     y = (ratio_l * e_l + ratio_r * e_r + _load(v_ptr, offs, mask) * e_d) / den
-    tl.store(y_ptr + offs, y, mask=mask)
-    tl.store(lse_ptr + offs, m + tl.log(den), mask=mask)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if WITH_LSE:
+        tl.store(lse_ptr + offs, m + tl.log(den), mask=mask)
 
 
 @triton.jit
@@ -430,32 +432,36 @@ def bi_wkv_triton_forward(
         v: torch.Tensor,
         grid_hw: Tuple[int, int],
         split: int,
+        with_log_den: bool = True,
         chunk_len: Optional[int] = None,
         carry_block: Optional[int] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Launch the forward: chunk totals, carries of both directions, chunk finish.
 
     Args:
         w, u: (C,) float32; k, v: (B, T, C) contiguous fp32, fp16 or bf16.
         grid_hw: (H, W) of the token grid, H * W = T.
         split: channels below it scan row-major, the others column-major.
+        with_log_den: training: y in float32 and the log denominators, both kept for the backward.
+            Inference (False): y in the dtype of k and no log denominators, the least memory traffic.
         chunk_len, carry_block: powers of two overriding CHUNK_LEN and CARRY_BLOCK (tests).
 
     Returns:
-        y: (B, T, C) float32 output; log_den: (B, T, C) float32 log denominators.
+        y: (B, T, C) output (float32, or k's dtype without log_den); log_den: (B, T, C) float32 log
+        denominators, or None.
     """
     B, T, C = k.shape
     plan = _Plan(B, T, C, chunk_len, carry_block)
-    y = torch.empty(B, T, C, device=k.device, dtype=torch.float32)
-    log_den = torch.empty_like(y)
+    y = torch.empty(B, T, C, device=k.device, dtype=torch.float32 if with_log_den else k.dtype)
+    log_den = torch.empty_like(y) if with_log_den else y
     totals = torch.empty(6, B, plan.n_chunks, C, device=k.device, dtype=torch.float32)
     carry = torch.empty_like(totals)
     layout = (T, C, *grid_hw, split, plan.n_chunks, plan.N)
     meta = dict(L=plan.L, BLOCK_C=plan.block_c, num_warps=plan.warps)
     _fwd_totals_kernel[plan.chunk_grid](w, k, v, totals, *layout, **meta)
     plan.carries(w, (totals[:3], totals[3:]), (carry[:3], carry[3:]), C, with_dist=False)
-    _fwd_finish_kernel[plan.chunk_grid](w, u, k, v, carry, y, log_den, *layout, **meta)
-    return y, log_den
+    _fwd_finish_kernel[plan.chunk_grid](w, u, k, v, carry, y, log_den, *layout, WITH_LSE=with_log_den, **meta)
+    return y, (log_den if with_log_den else None)
 
 
 def bi_wkv_triton_backward(

@@ -6,9 +6,12 @@ boundaries, where the three phases meet.
 """
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from vision_rwkv.kernels.bi_wkv_triton import _Plan, bi_wkv_triton_backward, bi_wkv_triton_forward
 from vision_rwkv.kernels.reference import bi_wkv_scan_reference
+from vision_rwkv.kernels.triton_scan import combine2
 
 from conftest import rel_err
 
@@ -110,24 +113,22 @@ def test_launches_fill_a_gpu_at_batch_one():
     assert plan.n_chunks / plan.CB <= 4
 
 
+@triton.jit
+def scan_and_flip(k_ptr, v_ptr, w_ptr, ratio_ptr, flip_ptr, L: tl.constexpr, C: tl.constexpr):
+    """A (L, C) associative scan of single-token states, and a flip of its log scales."""
+    offs = tl.arange(0, L)[:, None] * C + tl.arange(0, C)[None, :]
+    val = tl.load(v_ptr + offs)
+    w = tl.zeros_like(val) + tl.load(w_ptr + tl.arange(0, C))[None, :]
+    a1, a2, p, _ = tl.associative_scan((val, tl.zeros_like(val) + 1., tl.load(k_ptr + offs), w), 0, combine2)
+    tl.store(ratio_ptr + offs, a1 / a2)
+    tl.store(flip_ptr + offs, tl.flip(p, 0))  # tl.flip reduces with xor
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests Triton's CPU interpreter, which CUDA runs do not use")
 def test_vectorised_interpreter_scan_matches_element_wise():
     """kernels.interpreter replaces the interpreter's element-wise scan and reduction (minutes per call
     for our tiles) by slice-wise ones: same combine, same order per element, so identical results."""
-    import triton
-    import triton.language as tl
     from triton.runtime.interpreter import ReduceOps, ScanOps
-
-    from vision_rwkv.kernels.triton_scan import combine2
-
-    @triton.jit
-    def scan_and_flip(k_ptr, v_ptr, w_ptr, ratio_ptr, flip_ptr, L: tl.constexpr, C: tl.constexpr):
-        offs = tl.arange(0, L)[:, None] * C + tl.arange(0, C)[None, :]
-        val = tl.load(v_ptr + offs)
-        w = tl.zeros_like(val) + tl.load(w_ptr + tl.arange(0, C))[None, :]
-        a1, a2, p, _ = tl.associative_scan((val, tl.zeros_like(val) + 1., tl.load(k_ptr + offs), w), 0, combine2)
-        tl.store(ratio_ptr + offs, a1 / a2)
-        tl.store(flip_ptr + offs, tl.flip(p, 0))  # tl.flip reduces with xor
 
     L, C = 8, 4
     k, v, w = torch.randn(L, C) * 3, torch.randn(L, C), torch.randn(C)
@@ -144,3 +145,16 @@ def test_vectorised_interpreter_scan_matches_element_wise():
         results.append(out)
     assert torch.equal(results[0], results[1])
     assert not torch.equal(results[0][1], results[0][1].flip(0))  # the flip did something
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_inference_forward_writes_the_input_dtype(dtype):
+    """Without log denominators (inference) y is written once, in k's dtype: the training forward's
+    fp32 y rounded to that dtype. (bf16 is left out: the interpreter truncates fp32 -> bf16 casts.)"""
+    B, T, C = 1, 12, 6
+    w, u = torch.randn(C, device=DEVICE) * 0.5, torch.randn(C, device=DEVICE)
+    k, v = (torch.randn(2, B, T, C, device=DEVICE) * 2).to(dtype)
+    y32, _ = bi_wkv_triton_forward(w, u, k, v, (1, T), C, chunk_len=4)
+    y, log_den = bi_wkv_triton_forward(w, u, k, v, (1, T), C, with_log_den=False, chunk_len=4)
+    assert log_den is None and y.dtype == dtype
+    assert torch.equal(y, y32.to(dtype))

@@ -34,7 +34,10 @@ def kernel_specs():
     plan = k1._Plan(B, T, C, None, None)
     chunk = dict(L=plan.L, BLOCK_C=plan.block_c)
     specs = [(name, getattr(k1, name), chunk, plan.warps)
-             for name in ('_fwd_totals_kernel', '_fwd_finish_kernel', '_bwd_totals_kernel', '_bwd_finish_kernel')]
+             for name in ('_fwd_totals_kernel', '_bwd_totals_kernel', '_bwd_finish_kernel')]
+    for with_lse in (True, False):
+        specs.append((f'_fwd_finish_kernel(WITH_LSE={with_lse})', k1._fwd_finish_kernel,
+                      dict(chunk, WITH_LSE=with_lse), plan.warps))
     for dist in (False, True):
         specs.append((f'_carry_kernel(WITH_DIST={dist})', k1._carry_kernel,
                       dict(L=plan.L, CB=plan.CB, BLOCK_C=plan.block_c, REVERSE=True, WITH_DIST=dist),
@@ -43,13 +46,15 @@ def kernel_specs():
 
 
 def signature(kernel, constexprs):
-    """Triton signature: input tensors bf16, other pointers fp32, scalars i32, constexprs as given."""
+    """Triton signature: input tensors bf16 (and y in inference, WITH_LSE=False), other pointers fp32,
+    scalars i32, constexprs as given."""
+    bf16 = INPUT_TENSORS + (('y_ptr',) if constexprs.get('WITH_LSE') is False else ())
     sig = {}
     for name in kernel.arg_names:
         if name in constexprs:
             sig[name] = 'constexpr'
         elif name.endswith('_ptr'):
-            sig[name] = '*bf16' if name in INPUT_TENSORS else '*fp32'
+            sig[name] = '*bf16' if name in bf16 else '*fp32'
         else:
             sig[name] = 'i32'
     return sig
