@@ -107,9 +107,37 @@ def test_extremes_are_finite_and_accurate(backend, w_scale, k_scale):
     assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
     assert rel_err(y.cpu(), y_ref) < 1e-5
     (_, gu, gk, gv), (_, gu_ref, gk_ref, gv_ref) = grads, grads_ref
-    assert rel_err(gu.cpu(), gu_ref) < 1e-4 and rel_err(gv.cpu(), gv_ref) < 1e-4
+    assert rel_err(gv.cpu(), gv_ref) < 1e-4
+    # measured: up to 6.9e-8 in 30 seeds (Triton), 2.5e-8 in 40 (PyTorch); relative to |gu| the Triton
+    # kernels (old serial and new chunked alike) failed 1e-4 in about 1 run in 30 (seed 126: 2.1e-4)
+    assert gu_error_to_scale(gu, gu_ref, w, u, k, v, (8, 9), gy, y_ref) < 1e-6
     _, (_, _, _, gv_abs_ref) = reference_and_grads(w, u, k, v, (8, 9), gy.abs())
     assert gk_error_to_scale(gk, gk_ref, v, y_ref, gv_abs_ref) < 1e-6  # measured: up to 1.7e-7 in 40 seeds
+
+
+def log_denominators(w, u, k, grid) -> torch.Tensor:
+    """(B, H*W, C) float64 log Σ_s e^{logit[t, s]} with the logits of ``bi_wkv_2d_reference``:
+    -(d(s, t) - 1)·w + k_s off the diagonal, u + k_t on it."""
+    H, W = grid
+    w, u, k = (t.detach().cpu().double() for t in (w, u, k))
+    pos = torch.arange(H * W)
+    rows, cols = pos // W, pos % W
+    dist = ((rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()).double()
+    logits = -(dist - 1)[None, :, :, None] * w + k[:, None, :, :]  # (B, T, S, C)
+    logits[:, pos, pos] = u + k
+    return torch.logsumexp(logits, dim=2)
+
+
+def gu_error_to_scale(gu, gu_ref, w, u, k, v, grid, gy, y_ref) -> float:
+    """max |gu - gu_ref| over the scale of its terms. gu = Σ_t P_tt·gy_t·(v_t - y_t) (P_tt: the weight of
+    token t on itself) cancels when a token dominates its own softmax (keys over ±30): v_t - y_t is then
+    far below the fp32 rounding of y_t. And P_tt = e^{u + k_t - log D_t} carries the rounding of log D_t,
+    ~eps·|log D_t|. So the error is bounded by eps·Σ_t P_tt·|gy_t|·(|v_t| + max|y|)·(1 + |log D_t|)."""
+    log_den = log_denominators(w, u, k, grid)
+    p_self = torch.exp(u.detach().cpu().double() + k.detach().cpu().double() - log_den)
+    v_abs = v.detach().cpu().double().abs() + y_ref.detach().abs().max()
+    scale = (p_self * gy.detach().cpu().double().abs() * v_abs * (1 + log_den.abs())).sum(dim=(0, 1))
+    return float(((gu.detach().cpu().double() - gu_ref).abs() / scale).max())
 
 
 def gk_error_to_scale(gk, gk_ref, v, y_ref, gv_abs_ref) -> float:
