@@ -12,15 +12,20 @@ Every partial sum is kept as (s, l) with value s * exp(l); parts are combined wi
 maximum, never by subtracting large terms. The chunk length is chosen so that L * |w| stays small,
 which bounds the spread of exponents inside a chunk. Memory is O(B * T * C); no T x T matrices.
 
-When T·max|w| is small (Vision-RWKV divides its decay by T) the forward skips the chunking and
-takes the whole sequence as one chunk, and without autograd it skips the log-denominator: a few
-operations per call, which is what short sequences on CPU are bound by.
+When T·max|w| is small (Vision-RWKV divides its decay by T) forward and backward skip the chunking
+and take the whole sequence as one chunk (``fits_one_chunk``), and without autograd the forward skips
+the log-denominator. Both directions then run in one buffer (``_scan_buffer``): left-to-right rows and
+right-to-left rows, summed by blocked cumulative sums (``_two_way_cumsum``) with no reversed copies
+(torch.cumsum along the token dimension is several times slower on CPU); its intermediates live in
+per-thread buffers reused between calls (``_scratch``).
 
 The backward reuses the same scan on the output gradient divided by the denominator (the operator
 is symmetric in t and i), and obtains the gradient of w from a second scan over the first one:
-sum_{i<t} (t-1-i) W_ti x_i = exp(-w) * sum_{s<t} exp(-(t-1-s) w) A_s with A the first scan.
+sum_{i<t} (t-1-i) W_ti x_i = exp(-w) * sum_{s<t} exp(-(t-1-s) w) A_s with A the first scan (one
+chunk: a second cumulative sum of the first, ``_one_chunk_backward``).
 """
 import math
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -32,6 +37,8 @@ MAX_CHUNK_DECAY = 8.0
 #: The forward takes the whole sequence as one chunk while T * max|w| <= ONE_CHUNK_DECAY: the
 #: terms it loses to underflow are then below e^-(87 - 2 * 24) = 1e-17 of y (see one_chunk_bidirectional).
 ONE_CHUNK_DECAY = 24.0
+#: Largest scratch buffer (elements) the one-chunk route keeps per thread between calls (``_scratch``).
+WORKSPACE_MAX_ELEMENTS = 2 ** 24
 
 
 def choose_chunk_len(w: torch.Tensor) -> int:
@@ -139,12 +146,115 @@ def _one_chunk_weights(z: torch.Tensor, w: torch.Tensor):
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """Σ_{i<t} x_i along dim 1 (zeros at t = 0)."""
-    if torch.is_grad_enabled() and x.requires_grad:  # out= has no autograd
+    """Σ_{i<t} x_i along dim 1 (zeros at t = 0); without autograd by ``_blocked_cumsum``."""
+    if torch.is_grad_enabled() and x.requires_grad:
         return F.pad(torch.cumsum(x[:, :-1], dim=1), (0, 0) * (x.dim() - 2) + (1, 0))
-    out = torch.zeros_like(x)
-    torch.cumsum(x[:, :-1], dim=1, out=out[:, 1:])
-    return out
+    N, T = x.shape[:2]
+    block, length = _scan_blocks(T + 1)
+    buf = x.new_zeros((1, N, length) + x.shape[2:])
+    buf[0, :, 1:T + 1] = x
+    return _blocked_cumsum(buf.view(1, N, length, -1), block, (False,))[0, :, :T].view(x.shape)
+
+
+def _scan_blocks(length: int) -> Tuple[int, int]:
+    """(block, padded length): blocks of about sqrt(length) tokens covering ``length``."""
+    block = max(1, math.isqrt(length - 1) + 1)
+    return block, -(-length // block) * block
+
+
+def _blocked_cumsum(x: torch.Tensor, block: int, reverse: Tuple[bool, ...],
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inclusive cumulative sums along dim 2 of x (D, N, n·block, C), into ``out`` (same shape, not x)
+    or a new tensor: x[d] left to right, or right to left where reverse[d].
+
+    Two levels of products with 0/1 triangular matrices: the sums inside every block of ``block``
+    tokens, then the totals of the blocks before (after) each block, added to all of its tokens. A few
+    large operations: torch.cumsum along a non-last dimension runs a strided scalar loop per column
+    on CPU, several times slower.
+    """
+    D, N, length, C = x.shape
+    n = length // block
+
+    def triangles(size: int, strict: bool) -> torch.Tensor:  # (D, 1, size, size)
+        lower = torch.ones(size, size, dtype=x.dtype, device=x.device).tril(-int(strict))
+        return torch.stack([lower.t() if r else lower for r in reverse]).unsqueeze(1)
+
+    blocks = (D, N * n, block, C)
+    y = torch.matmul(triangles(block, False), x.view(blocks), out=None if out is None else out.view(blocks))
+    y = y.view(D, N, n, block, C)
+    totals = torch.stack([y[d, :, :, 0 if r else -1] for d, r in enumerate(reverse)])  # (D, N, n, C)
+    y += torch.matmul(triangles(n, True), totals).unsqueeze(3)
+    return y.view(D, N, length, C)
+
+
+_workspace = threading.local()
+
+
+def _scratch(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised buffer of ``shape``, kept per thread under ``name`` and reused (a prefix of it) by
+    later calls of at most its size, dtype and device (up to WORKSPACE_MAX_ELEMENTS; larger ones are fresh).
+
+    For intermediates of the one-chunk route only, never for what it returns (the log-denominator is
+    built in a fresh tensor). Reusing them saves what fresh large tensors cost on CPU: the allocator
+    hands their memory back to the system after each call and touching it again page-faults; measured
+    at B=8, T=196, C=192, forward and backward took about twice as long with fresh intermediates.
+    """
+    numel = math.prod(shape)
+    if numel > WORKSPACE_MAX_ELEMENTS:
+        return like.new_empty(shape)
+    buffers = _workspace.__dict__.setdefault('buffers', {})
+    flat = buffers.get(name)
+    if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
+        buffers[name] = flat = like.new_empty(numel)
+    return flat[:numel].view(shape)
+
+
+def _scan_buffer(name: str, rows: int, T: int, C: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A (2, rows, T_pad, C) ``_scratch`` buffer for ``_two_way_cumsum`` and the (2, rows, T, C) view its
+    terms go to.
+
+    Rows of block 0 are summed left to right, rows of block 1 right to left. Token i's term sits at
+    padded position i + 1 and every other position is zero, so after the scan the exclusive sums over
+    i < t are at positions t (``[0, :, :T]``) and those over i > t at t + 2 (``[1, :, 2:T + 2]``).
+    """
+    _, length = _scan_blocks(T + 2)  # a second scan of the first reads right to left up to T + 1
+    buf = _scratch(name, (2, rows, length, C), like)
+    buf[:, :, 0].zero_()
+    buf[:, :, T + 1:].zero_()
+    return buf, buf[:, :, 1:T + 1]
+
+
+def _two_way_cumsum(buf: torch.Tensor, T: int, out: torch.Tensor) -> torch.Tensor:
+    """Inclusive sums of a ``_scan_buffer`` of T tokens (or of such sums) into ``out`` of its shape:
+    block 0 left to right, block 1 right to left."""
+    return _blocked_cumsum(buf, _scan_blocks(T + 2)[0], (False, True), out)
+
+
+def _two_way_weights_(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, negate: bool = False) -> torch.Tensor:
+    """Write the one-chunk weights of (B, T, C) log-weights ``z`` (or of -z when ``negate``) into ``out``
+    (2, B, T, C), in place.
+
+    out[0] = exp(z_i + i·w - m_0) for the left-to-right sums, out[1] = exp(z_i - i·w - m_1) for the
+    right-to-left ones, m the maxima over i. The exclusive sums are then
+    Σ_{i<t} e^{-(t-1-i)w + z_i} x_i = e^{l_f} Σ_{i<t} out[0]_i x_i with l_f = m_0 - (t-1)·w and
+    Σ_{i>t} e^{-(i-1-t)w + z_i} x_i = e^{l_b} Σ_{i>t} out[1]_i x_i with l_b = m_1 + (t+1)·w.
+    Returns m (2, B, 1, C).
+    """
+    rw = torch.arange(z.shape[1], device=z.device, dtype=z.dtype)[:, None] * w  # (T, C)
+    rw = torch.stack([rw, -rw]).unsqueeze(1)  # (2, 1, T, C)
+    if negate:
+        torch.sub(rw, z, out=out)
+    else:
+        torch.add(z, rw, out=out)
+    m = out.amax(dim=2, keepdim=True)
+    out.sub_(m).exp_()
+    return m
+
+
+def _two_way_log_scales_(out: torch.Tensor, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Write l_f and l_b of ``_two_way_weights_``'s maxima m (2, B, 1, C) into ``out`` (2, B, T, C)."""
+    r = torch.arange(out.shape[2], device=m.device, dtype=m.dtype)[:, None]
+    return torch.add(m, torch.stack([(1 - r) * w, (r + 1) * w]).unsqueeze(1), out=out)
 
 
 def one_chunk_bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
@@ -167,19 +277,25 @@ def one_chunk_bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
 
 
 def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, with_log_den: bool):
-    """Bi-WKV forward by the scans of ``one_chunk_bidirectional``, with numerators and denominators
-    stacked along the batch (contiguous, fast on CPU); both sums and the bonus term are combined under
-    the largest of their log scales (a term lost there is negligible for the same reason)."""
-    B = k.shape[0]
-    p, l_f, l_b = _one_chunk_weights(k, w)
-    s = _exclusive_cumsum(torch.cat([p * torch.cat([v, v.flip(1)]), p]))  # (4B, T, C): num, den
-    num_f, num_b, den_f, den_b = s[:B], s[B:2 * B].flip(1), s[2 * B:3 * B], s[3 * B:].flip(1)
-    l_d = u + k
-    top = torch.maximum(torch.maximum(l_f, l_b), l_d)
-    # in place: the forward never runs under autograd (BiWKVFunction.forward, or inference)
-    a_f, a_b, a_d = l_f.sub_(top).exp_(), l_b.sub_(top).exp_(), l_d.sub_(top).exp_()
-    den = (den_f * a_f).addcmul_(den_b, a_b).add_(a_d)
-    y = (num_f * a_f).addcmul_(num_b, a_b).addcmul_(v, a_d).div_(den)
+    """Bi-WKV forward with the whole sequence as one chunk, as ``one_chunk_bidirectional`` (same
+    weights, same precision argument) but with both directions' numerators and denominators in one
+    ``_scan_buffer`` and no reversed copies; both sums and the bonus term are combined under the
+    largest of their log scales (a term lost there is negligible for the same reason). Intermediates
+    live in ``_scratch`` buffers."""
+    B, T, C = k.shape
+    buf, terms = _scan_buffer('terms', 2 * B, T, C, k)
+    num, den = terms.view(2, 2, B, T, C).unbind(1)  # (2 directions, B, T, C) each
+    m = _two_way_weights_(den, k, w)
+    torch.mul(den, v, out=num)
+    sums = _two_way_cumsum(buf, T, _scratch('sums', buf.shape, k))
+    (num_f, den_f), (num_b, den_b) = sums[0, :, :T].view(2, B, T, C), sums[1, :, 2:T + 2].view(2, B, T, C)
+    scale = _two_way_log_scales_(_scratch('scales', (2, B, T, C), k), m, w)
+    l_d = torch.add(u, k, out=_scratch('bonus', (B, T, C), k))
+    top = torch.maximum(scale[0], scale[1], out=None if with_log_den else _scratch('top', (B, T, C), k))
+    torch.maximum(top, l_d, out=top)
+    a, a_d = scale.sub_(top).exp_(), l_d.sub_(top).exp_()
+    den = torch.mul(den_f, a[0], out=_scratch('den', (B, T, C), k)).addcmul_(den_b, a[1]).add_(a_d)
+    y = (num_f * a[0]).addcmul_(num_b, a[1]).addcmul_(v, a_d).div_(den)
     return y, (top.add_(den.log_()) if with_log_den else None)
 
 
@@ -239,7 +355,7 @@ def _decay_weighted_grad(
     return -(gy * scale * (p_num - y * p_den)).sum(dim=(0, 1))
 
 
-def bi_wkv_torch_backward(
+def _one_chunk_backward(
         w: torch.Tensor,
         u: torch.Tensor,
         k: torch.Tensor,
@@ -248,13 +364,66 @@ def bi_wkv_torch_backward(
         log_den: torch.Tensor,
         gy: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of Bi-WKV, all in the dtype of the inputs.
+    """Gradients of Bi-WKV with the whole sequence as one chunk (for D = T·max|w| <= ONE_CHUNK_DECAY).
 
-    Args:
-        w, u: (C,); k, v, y, log_den, gy: (B, T, C) (y and log_den from the forward).
+    With a_ti = e^{-(|t-i|-1)w + k_i - log_den_t} the attention of output t on token i (i != t) and
+    q = -log_den:
 
-    Returns:
-        gw, gu: (C,); gk, gv: (B, T, C).
+    - gv_i = Σ_t a_ti gy_t and gk_i = v_i gv_i - Σ_t a_ti gy_t y_t (bonus term included): the Bi-WKV
+      scan on the output side, log-weights q and values (gy, gy·y), as the chunked backward;
+    - gw = -Σ_i Σ_{t≠i} (|t-i|-1) a_ti gy_t (v_i - y_t). Left to right, with the one-chunk weights
+      p_t = e^{q_t + t·w - m} and l_i = m - (i-1)·w of ``_two_way_weights_``, the first scan is
+      A_i = e^{l_i} c_i with c_i = Σ_{t<i} p_t x_t, x_t = (gy_t, gy_t·y_t), and
+      Σ_{t<i} (i-1-t) e^{-(i-1-t)w + q_t} x_t = e^{l_i} Σ_{s<i} c_s (c_s counts token t once for each
+      s with t < s < i): a second cumulative sum of the first, no (i-1)·A - B difference.
+      Right to left is the mirror image. gw = -Σ_i e^{l_i + k_i} (v_i Q_num,i - Q_den,i) over both
+      directions, Q the second sums of (gy, gy·y).
+
+    Precision: left to right a_ti = e^{l_i + k_i} p_t, and e^{l_i + k_i} = e^{k_i + q_j - (i-1-j)w} for
+    the token j that sets m (p_j = 1): that is a_ji (<= 1) when j < i, a_ji e^{2(j-i)w} <= e^{2D} when
+    j > i, e^{q_i + k_i + w} <= e^{w-u} when j = i (den_i >= e^{u + k_i}); right to left likewise. So
+    a weight p_t that underflows (float32, p_t < e^-87) drops a term a_ti < e^{-87}·max(e^{2D}, e^{w-u}),
+    below e^-39 = 1e-17 of the gradients' natural scale Σ|gy|·max|v| for D <= ONE_CHUNK_DECAY, and the
+    scales e^{l + k} stay finite, as do the sums (p <= 1: at most T and T^2 times max|gy|, max|gy·y|).
+    gk and gw are differences (v_i·gv_i - ..., v_i Q_num - Q_den) and cancel where one token dominates,
+    as in the chunked backward; everything else is sums of positive terms times signed values.
+
+    Args: w, u (C,); k, v, y, log_den, gy (B, T, C) (y and log_den from the forward).
+    Returns: gw, gu (C,); gk, gv (B, T, C).
+    """
+    B, T, C = k.shape
+    gyy = torch.mul(gy, y, out=_scratch('gyy', (B, T, C), k))
+    buf, terms = _scan_buffer('terms', 2 * B, T, C, k)
+    g1, g2 = terms.view(2, 2, B, T, C).unbind(1)  # (2 directions, B, T, C) each
+    m = _two_way_weights_(g1, log_den, w, negate=True)  # log-weights q = -log_den
+    torch.mul(g1, gyy, out=g2)
+    g1.mul_(gy)
+    sums = _two_way_cumsum(buf, T, _scratch('sums', buf.shape, k))
+    a = _two_way_log_scales_(_scratch('scales', (2, B, T, C), k), m, w).add_(k).exp_()  # e^{l + k}
+    a_d = torch.add(u, k, out=_scratch('bonus', (B, T, C), k)).sub_(log_den).exp_()  # the bonus's attention
+    (g1_f, g2_f), (g1_b, g2_b) = sums[0, :, :T].view(2, B, T, C), sums[1, :, 2:T + 2].view(2, B, T, C)
+    gv = (g1_f * a[0]).addcmul_(g1_b, a[1]).addcmul_(a_d, gy)
+    gk = (v * gv).addcmul_(g2_f, a[0], value=-1).addcmul_(g2_b, a[1], value=-1).addcmul_(a_d, gyy, value=-1)
+    gu = torch.mul(gy, v, out=_scratch('gu', (B, T, C), k)).sub_(gyy).mul_(a_d).sum(dim=(0, 1))
+    sums = _two_way_cumsum(sums, T, buf)  # second sums: tokens 1..T-1 at 0..T-2 (left to right), 0..T-2 at 3..T+1
+    (q1_f, q2_f), (q1_b, q2_b) = sums[0, :, :T - 1].view(2, B, T - 1, C), sums[1, :, 3:T + 2].view(2, B, T - 1, C)
+    gw = q1_f.mul_(v[:, 1:]).sub_(q2_f).mul_(a[0, :, 1:]).sum(dim=(0, 1))
+    gw += q1_b.mul_(v[:, :-1]).sub_(q2_b).mul_(a[1, :, :-1]).sum(dim=(0, 1))
+    return gw.neg_(), gu, gk, gv
+
+
+def _chunked_backward(
+        w: torch.Tensor,
+        u: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        y: torch.Tensor,
+        log_den: torch.Tensor,
+        gy: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of Bi-WKV by chunked scans of ``choose_chunk_len(w)`` tokens (any T·max|w|).
+
+    Args and returns as ``bi_wkv_torch_backward``.
     """
     chunk_len = choose_chunk_len(w)
     q = -log_den  # gy_t / den_t = gy_t * exp(q_t)
@@ -272,3 +441,28 @@ def bi_wkv_torch_backward(
     both = lambda t: torch.cat([t, t.flip(1)])  # both scan directions as one batch
     gw = _decay_weighted_grad(both(k), both(v), w, both(y), both(q), both(gy), chunk_len)
     return gw, gu, gk, gv
+
+
+def bi_wkv_torch_backward(
+        w: torch.Tensor,
+        u: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        y: torch.Tensor,
+        log_den: torch.Tensor,
+        gy: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of Bi-WKV, all in the dtype of the inputs.
+
+    Takes the whole sequence as one chunk (``_one_chunk_backward``) wherever the forward does
+    (``fits_one_chunk``), else chunked scans (``_chunked_backward``).
+
+    Args:
+        w, u: (C,); k, v, y, log_den, gy: (B, T, C) (y and log_den from the forward).
+
+    Returns:
+        gw, gu: (C,); gk, gv: (B, T, C).
+    """
+    if fits_one_chunk(k.shape[1], w):
+        return _one_chunk_backward(w, u, k, v, y, log_den, gy)
+    return _chunked_backward(w, u, k, v, y, log_den, gy)

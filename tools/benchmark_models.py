@@ -1,13 +1,18 @@
 """Model-level benchmark: VRWKV-T/S in each wkv_mode against timm ViT-T/S (SDPA attention).
 
-CPU: forward latency at batch 1 (224, 448 and 896 for T; 224 and 448 for S), the models of a
-family timed round-robin (median of up to 15 rounds) so that load bursts hit them alike.
+CPU inference: forward latency at batch 1 (224, 448 and 896 for T; 224 and 448 for S), the models of
+a family timed round-robin (median of up to 15 rounds) so that load bursts hit them alike.
+CPU training: one float32 training step (forward, cross-entropy, backward; no optimizer) of VRWKV-T
+and ViT-T at batch 8, 224x224, timed round-robin the same way.
 CUDA: bf16 forward images/s and peak memory at 224, 512, 1024, 2048 (batch 8 at 224, fewer
 above), each model alone. Prints markdown tables, writes JSON.
 
-Usage: python tools/benchmark_models.py [--out benchmark_results/models.json] [--quick]
+Usage: python tools/benchmark_models.py [--section all|inference|train] [--out PATH] [--quick] [--threads N]
+(--out defaults to benchmark_results/models.json, or models_<section>.json for one section; the JSON
+records the load average before and after, on a shared machine)
 """
 import argparse
+import os
 import statistics
 import time
 from functools import partial
@@ -15,6 +20,7 @@ from typing import Callable, Dict, List
 
 import timm
 import torch
+import torch.nn.functional as F
 
 import vision_rwkv  # noqa: F401  (registers the VRWKV models)
 from benchmark import machine_info, measure, report
@@ -65,6 +71,29 @@ def bench_cpu(plan: Dict[str, List[int]]) -> List[Dict]:
     return rows
 
 
+#: (label, timm name) of the models whose training steps are compared
+TRAIN_MODELS = (('vit', 'vit_tiny_patch16_224'), ('vrwkv', 'vrwkv_tiny_patch16_224'))
+
+
+def _train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> None:
+    """Forward, cross-entropy and backward in training mode; gradients are dropped, not accumulated."""
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), target).backward()
+
+
+def bench_cpu_train(batch: int = 8, size: int = 224) -> List[Dict]:
+    """Median ms of one training step of each of TRAIN_MODELS, measured interleaved."""
+    x = torch.randn(batch, 3, size, size)
+    target = torch.randint(0, 1000, (batch,))
+    models = {label: timm.create_model(name, img_size=size, num_classes=1000).train()
+              for label, name in TRAIN_MODELS}
+    medians = _interleaved_medians({label: partial(_train_step, model, x, target)
+                                    for label, model in models.items()}, min_time=10.0)
+    row = dict(family='tiny', img_size=size, batch=batch, **{f'{label}_ms': ms for label, ms in medians.items()})
+    row['vrwkv_over_vit'] = row['vrwkv_ms'] / row['vit_ms']
+    return [row]
+
+
 def bench_cuda(sizes: List[int]) -> List[Dict]:
     rows = []
     for family, names in FAMILIES.items():
@@ -86,14 +115,26 @@ def bench_cuda(sizes: List[int]) -> List[Dict]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', default='benchmark_results/models.json')
-    parser.add_argument('--quick', action='store_true', help='VRWKV-T family at 224 only')
+    parser.add_argument('--section', choices=('all', 'inference', 'train'), default='all',
+                        help='inference (CPU and CUDA forward tables), train (CPU training step) or both')
+    parser.add_argument('--out', default=None)
+    parser.add_argument('--quick', action='store_true', help='inference: VRWKV-T family at 224 only')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     args = parser.parse_args()
-    plan = {'tiny': [224]} if args.quick else {'tiny': [224, 448, 896], 'small': [224, 448]}
-    results = {'machine': machine_info(), 'model_cpu': bench_cpu(plan),
-               'model_cuda': bench_cuda([224, 512, 1024, 2048]) if torch.cuda.is_available()
-               else 'not measured: no CUDA device'}
-    report(results, args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or ('benchmark_results/models.json' if args.section == 'all'
+                       else f'benchmark_results/models_{args.section}.json')
+    results = {'machine': dict(machine_info(), load_avg_1m_before=os.getloadavg()[0])}
+    if args.section in ('all', 'inference'):
+        plan = {'tiny': [224]} if args.quick else {'tiny': [224, 448, 896], 'small': [224, 448]}
+        results['model_cpu'] = bench_cpu(plan)
+        results['model_cuda'] = (bench_cuda([224, 512, 1024, 2048]) if torch.cuda.is_available()
+                                 else 'not measured: no CUDA device')
+    if args.section in ('all', 'train'):
+        results['train_cpu'] = bench_cpu_train()
+    results['machine']['load_avg_1m_after'] = os.getloadavg()[0]
+    report(results, out)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,39 @@ from typing import Tuple
 import torch
 
 
+def _check_shift(x: torch.Tensor, grid: Tuple[int, int], gamma: float) -> None:
+    if gamma > 0.25:
+        raise ValueError(f'q_shift: gamma must be at most 1/4, got {gamma}')
+    H, W = grid
+    if H * W != x.shape[1]:
+        raise ValueError(f'q_shift: grid {H}x{W} does not match {x.shape[1]} tokens')
+
+
+def _shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int, gamma: float,
+           transpose: bool = False) -> torch.Tensor:
+    """The Q-Shift map of ``q_shift`` (no checks), or with ``transpose`` its transpose, which moves every
+    channel group the other way (left <-> right, up <-> down): the backward of the shift."""
+    B, N, C = x.shape
+    H, W = grid
+    s = shift_pixel
+    g = int(C * gamma)
+    from_left, from_right, from_up, from_down = (slice(i * g, (i + 1) * g) for i in range(4))
+    if transpose:
+        from_left, from_right, from_up, from_down = from_right, from_left, from_down, from_up
+    x = x.view(B, H, W, C)
+    out = torch.empty_like(x)
+    out[:, :, s:, from_left] = x[:, :, :W - s, from_left]
+    out[:, :, :s, from_left] = 0
+    out[:, :, :W - s, from_right] = x[:, :, s:, from_right]
+    out[:, :, W - s:, from_right] = 0
+    out[:, s:, :, from_up] = x[:, :H - s, :, from_up]
+    out[:, :s, :, from_up] = 0
+    out[:, :H - s, :, from_down] = x[:, s:, :, from_down]
+    out[:, H - s:, :, from_down] = 0
+    out[..., 4 * g:] = x[..., 4 * g:]
+    return out.view(B, N, C)
+
+
 def q_shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int = 1, gamma: float = 0.25) -> torch.Tensor:
     """Shift four channel groups by ``shift_pixel`` from the left, right, top and bottom neighbour.
 
@@ -20,22 +53,37 @@ def q_shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int = 1, gamma:
     Returns:
         (B, N, C) shifted tokens.
     """
-    if gamma > 0.25:
-        raise ValueError(f'q_shift: gamma must be at most 1/4, got {gamma}')
-    B, N, C = x.shape
-    H, W = grid
-    if H * W != N:
-        raise ValueError(f'q_shift: grid {H}x{W} does not match {N} tokens')
-    s = shift_pixel
-    g = int(C * gamma)
-    x = x.view(B, H, W, C)
-    out = torch.zeros_like(x)
-    out[:, :, s:, 0:g] = x[:, :, :W - s, 0:g]
-    out[:, :, :W - s, g:2 * g] = x[:, :, s:, g:2 * g]
-    out[:, s:, :, 2 * g:3 * g] = x[:, :H - s, :, 2 * g:3 * g]
-    out[:, :H - s, :, 3 * g:4 * g] = x[:, s:, :, 3 * g:4 * g]
-    out[..., 4 * g:] = x[..., 4 * g:]
-    return out.view(B, N, C)
+    _check_shift(x, grid, gamma)
+    return _shift(x, grid, shift_pixel, gamma)
+
+
+class _ShiftMix(torch.autograd.Function):
+    """lerp(q_shift(x), x, m) for several ratios m, with one shift in the forward and one (transposed)
+    shift in the backward: autograd of the slicing would zero-fill and add a full tensor per slice."""
+
+    @staticmethod
+    def forward(ctx, x, grid, shift_pixel, gamma, *mixes):
+        xx = _shift(x, grid, shift_pixel, gamma)
+        ctx.save_for_backward(x - xx, *mixes)
+        ctx.layout = (grid, shift_pixel, gamma)
+        return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)  # autocast may hand in low-precision x
+
+    @staticmethod
+    def backward(ctx, *grads):
+        """out_j = xx + m_j (x - xx): dx = Σ g_j m_j + shiftᵀ(Σ g_j (1 - m_j)), dm_j = Σ_{b,n} g_j (x - xx)."""
+        diff, *mixes = ctx.saved_tensors
+        g_x = g_xx = None
+        g_mixes = []
+        for g, m, needs in zip(grads, mixes, ctx.needs_input_grad[4:]):
+            g_mixes.append((g * diff).sum(dim=(0, 1), keepdim=True).to(m.dtype) if needs else None)
+            m = m.to(g.dtype)
+            g_x = g * m if g_x is None else g_x.addcmul_(g, m)
+            g_xx = g * (1 - m) if g_xx is None else g_xx.addcmul_(g, 1 - m)
+        if ctx.needs_input_grad[0]:
+            g_x += _shift(g_xx, *ctx.layout, transpose=True)
+        else:
+            g_x = None
+        return (g_x, None, None, None, *g_mixes)
 
 
 def shift_mix(
@@ -51,7 +99,8 @@ def shift_mix(
         x: (B, N, C) tokens; grid: (H, W); mixes: (1, 1, C) ratios; shift_pixel, gamma: as ``q_shift``.
 
     Returns:
-        One (B, N, C) tensor per ratio.
+        One (B, N, C) tensor per ratio (torch.lerp(q_shift(x), x, m), the same values as before the
+        fused backward).
     """
-    xx = q_shift(x, grid, shift_pixel, gamma)
-    return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)  # autocast may hand in low-precision x
+    _check_shift(x, grid, gamma)
+    return _ShiftMix.apply(x, tuple(grid), shift_pixel, gamma, *mixes)
