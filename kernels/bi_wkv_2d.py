@@ -46,9 +46,23 @@ def _exclusive_two_sided(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     return _log_add(fwd, bwd)
 
 
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Σ_{j<t} x_j along dim 1 (zeros at t = 0)."""
+    out = torch.zeros_like(x)
+    torch.cumsum(x[:, :-1], dim=1, out=out[:, 1:])
+    return out
+
+
 def _exclusive_two_sided_weighted(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
-    """Σ_{i≠t} (|t-i|-1)·e^{-(|t-i|-1)w + z_i}·x_i along dim 1, as (s, l). Per direction,
-    Σ_{j<t} e^{-(t-1-j)w}·A_j with A the exclusive scan is Σ_{i<t} (t-1-i)·e^{-(t-2-i)w + z_i}·x_i."""
+    """Σ_{i≠t} (|t-i|-1)·e^{-(|t-i|-1)w + z_i}·x_i along dim 1, as (s, l). Per direction the weight
+    (t-1-i) counts the tokens j strictly between i and t, so the sum is Σ_{j<t} of the exclusive sums
+    with their decay to j removed: in one chunk (same condition as ``_exclusive_two_sided``), the
+    exclusive cumulative sum of the scaled exclusive sums (positive terms only); else
+    e^{-w}·Σ_{j<t} e^{-(t-1-j)w}·A_j with A the exclusive scan, by ``decay_scan`` twice."""
+    if fits_one_chunk(z.shape[1], w):
+        (s_f, l_f), (s_b, l_b) = one_chunk_bidirectional(z, x, w)
+        s_f, s_b = _exclusive_cumsum(s_f), _exclusive_cumsum(s_b.flip(1)).flip(1)
+        return _log_add((s_f, l_f), (s_b, l_b))
     B = z.shape[0]
     chunk_len = choose_chunk_len(w)
     s_a, l_a = decay_scan(torch.cat([z, z.flip(1)]), torch.cat([x, x.flip(1)]), w, chunk_len)

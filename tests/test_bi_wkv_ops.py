@@ -9,7 +9,8 @@ import torch
 import torch._dynamo as dynamo
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from vision_rwkv.kernels import bi_wkv, bi_wkv_2d
+from vision_rwkv.kernels import bi_wkv, bi_wkv_2d, bi_wkv_2d_reference
+from vision_rwkv.kernels.bi_wkv_torch import fits_one_chunk
 from vision_rwkv.layers.spatial_mix import WKV_MODES
 from vision_rwkv.models.vrwkv import VRWKV, Block
 
@@ -203,3 +204,24 @@ def test_triton_runs_on_a_second_gpu():
         assert rel_err(y.cpu(), y_ref) < 1e-5  # the tolerances of test_bi_wkv.py
         for name, g, g_ref in zip('wukv', grads, grads_ref):
             assert rel_err(g.cpu(), g_ref) < 1e-4, name
+
+
+@pytest.mark.parametrize('w_scale', [0.3, 6.0])
+def test_2d_torch_backward_matches_reference(w_scale):
+    """The explicit backward of the 2D PyTorch path (the one inside ``bi_wkv_2d_backward``) on both routes of
+    its scans: one chunk per line, and chunks when a line's decay W·max|w| exceeds ONE_CHUNK_DECAY."""
+    H, W = 6, 9
+    w = (torch.tensor([1.0, 0.5, -0.1, 0.05]) * w_scale).requires_grad_()
+    assert fits_one_chunk(W, w) == (w_scale < 1)
+    u = torch.randn(4, requires_grad=True)
+    k, v = (torch.randn(2, H * W, 4) * 3).requires_grad_(), torch.randn(2, H * W, 4, requires_grad=True)
+    y, gy, grads = outputs_and_grads(lambda *a: bi_wkv_2d(*a, (H, W), backend='torch'), (w, u, k, v))
+    leaves = [t.detach().double().requires_grad_() for t in (w, u, k, v)]
+    y_ref, _, grads_ref = outputs_and_grads(lambda *a: bi_wkv_2d_reference(*a, grid=(H, W)), leaves, gy.double())
+    assert rel_err(y, y_ref) < 1e-6  # the tolerances of test_bi_wkv_2d.py
+    for name, g, g_ref in zip('wukv', grads, grads_ref):
+        if name == 'w':  # a sum of signed terms over all tokens: bound by its scale Σ|gy|·max|v|, not by |gw|
+            scale = float(gy.abs().sum() * v.detach().abs().max())
+            assert float((g.double() - g_ref).abs().max()) < 1e-6 * scale
+        else:
+            assert rel_err(g, g_ref) < 1e-5, name
