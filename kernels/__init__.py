@@ -4,6 +4,11 @@
 token sequence or an image grid read row-major, column-major or crosswise (``order``);
 ``bi_wkv_2d`` decays by the Manhattan distance on the grid (Triton on CUDA, PyTorch otherwise). The ``*_reference``
 functions are the float64 O(T^2) definitions the tests compare against.
+
+Each call runs one ``torch.library`` operator, ``vision_rwkv::bi_wkv_forward`` or
+``vision_rwkv::bi_wkv_2d_forward`` (fake kernel and autograd registered; the gradients run
+``vision_rwkv::bi_wkv_backward`` / ``bi_wkv_2d_backward``), so ``torch.compile`` traces models without
+graph breaks and ``torch.export`` records one node per call.
 """
 from .bi_wkv import bi_wkv
 from .bi_wkv_2d import bi_wkv_2d

@@ -1,4 +1,7 @@
-"""The public Bi-WKV operator: input checks, autograd and dispatch to Triton (CUDA) or PyTorch."""
+"""The public Bi-WKV operator: input checks, and the ``vision_rwkv::bi_wkv_forward`` / ``_backward``
+operators (``torch.library`` custom ops with a fake kernel and autograd) that dispatch to Triton
+(CUDA) or PyTorch."""
+import contextlib
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -43,6 +46,11 @@ def _use_triton(k: torch.Tensor, backend: str) -> bool:
     return backend == 'auto' and k.is_cuda and k.dtype != torch.float64
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record the call (else the forward skips the log-denominator)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def scan_layout(k: torch.Tensor, grid: Optional[Sequence[int]], order: str) -> Tuple[Tuple[int, int], int]:
     """((H, W), split) for ``order``: channels below ``split`` scan row-major, the rest column-major."""
     if order not in _ORDERS:
@@ -71,58 +79,118 @@ def compute_dtype(k: torch.Tensor) -> torch.dtype:
     return torch.float64 if k.dtype == torch.float64 else torch.float32
 
 
-def _torch_raster(w, u, k, v, grid_hw):
-    """Raster Bi-WKV on the PyTorch path; without autograd (inference) the forward alone runs."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v)):
-        return BiWKVFunction.apply(w, u, k, v, 'torch', grid_hw, k.shape[-1])
-    y, _ = bi_wkv_torch_forward(*(t.to(compute_dtype(k)) for t in (w, u, k, v)), with_log_den=False)
-    return y.to(k.dtype)
+def _cuda_guard(t: torch.Tensor):
+    """Make ``t``'s GPU current while Triton launches (inputs on cuda:1 from a cuda:0 process)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _torch_in_scan_order(w, u, k, v, grid_hw, split):
-    """The PyTorch path runs raster scans: column-major lanes are permuted before and after."""
-    C = k.shape[-1]
-    if split == C:
-        return _torch_raster(w, u, k, v, grid_hw)
-
-    def to_col(x):
-        return torch.cat([x[..., :split], _column_major(x[..., split:], grid_hw)], -1)
-
-    y = _torch_raster(w, u, to_col(k), to_col(v), grid_hw)
-    return torch.cat([y[..., :split], _column_major(y[..., split:], grid_hw, inverse=True)], -1)
+def _to_scan_order(x: torch.Tensor, grid_hw: Tuple[int, int], split: int) -> torch.Tensor:
+    """(B, T, C) tokens with the lanes from ``split`` on permuted to column-major (PyTorch path)."""
+    if split == x.shape[-1]:
+        return x
+    return torch.cat([x[..., :split], _column_major(x[..., split:], grid_hw)], -1)
 
 
-class BiWKVFunction(torch.autograd.Function):
-    """Autograd wrapper; fp32 accumulation, outputs and gradients in the input dtypes."""
+def _from_scan_order(x: torch.Tensor, grid_hw: Tuple[int, int], split: int) -> torch.Tensor:
+    """Inverse of ``_to_scan_order``."""
+    if split == x.shape[-1]:
+        return x
+    return torch.cat([x[..., :split], _column_major(x[..., split:], grid_hw, inverse=True)], -1)
 
-    @staticmethod
-    def forward(ctx, w, u, k, v, backend, grid_hw, split):
-        triton_path = _use_triton(k, backend)
-        compute = compute_dtype(k)
-        w32, u32 = w.to(compute).contiguous(), u.to(compute).contiguous()
-        if triton_path:
-            from .bi_wkv_triton import bi_wkv_triton_forward
-            k_in, v_in = k.contiguous(), v.contiguous()
-            y, log_den = bi_wkv_triton_forward(w32, u32, k_in, v_in, grid_hw, split)
-        else:
-            k_in, v_in = k.to(compute).contiguous(), v.to(compute).contiguous()
-            y, log_den = bi_wkv_torch_forward(w32, u32, k_in, v_in)
-        ctx.save_for_backward(w32, u32, k_in, v_in, y, log_den)
-        ctx.triton_path = triton_path
-        ctx.layout = (grid_hw, split)
-        ctx.dtypes = (w.dtype, u.dtype, k.dtype, v.dtype)
-        return y.to(k.dtype)
 
-    @staticmethod
-    def backward(ctx, gy):
-        w, u, k, v, y, log_den = ctx.saved_tensors
-        if ctx.triton_path:
-            from .bi_wkv_triton import bi_wkv_triton_backward
-            grads = bi_wkv_triton_backward(w, u, k, v, y, log_den, gy.contiguous(), *ctx.layout)
-        else:
-            grads = bi_wkv_torch_backward(w, u, k, v, y, log_den, gy.to(y.dtype).contiguous())
-        gw, gu, gk, gv = (g.to(dt) for g, dt in zip(grads, ctx.dtypes))
-        return gw, gu, gk, gv, None, None, None
+def _torch_forward(w, u, k, v, grid_hw, split, with_log_den):
+    """PyTorch path: raster scans in ``compute_dtype``, column-major lanes permuted before and after."""
+    compute = compute_dtype(k)
+    w, u = w.to(compute).contiguous(), u.to(compute).contiguous()
+    k, v = (_to_scan_order(t.to(compute), grid_hw, split).contiguous() for t in (k, v))
+    y, log_den = bi_wkv_torch_forward(w, u, k, v, with_log_den=with_log_den)
+    y = _from_scan_order(y, grid_hw, split).contiguous()
+    if not with_log_den:
+        return y, y.new_empty(0)
+    return y, _from_scan_order(log_den, grid_hw, split).contiguous()
+
+
+def _torch_backward(w, u, k, v, y, log_den, gy, grid_hw, split):
+    """Gradients on the PyTorch path, in ``compute_dtype`` and token order."""
+    compute = compute_dtype(k)
+    w, u = w.to(compute).contiguous(), u.to(compute).contiguous()
+    k, v, y, log_den, gy = (_to_scan_order(t.to(compute), grid_hw, split).contiguous()
+                            for t in (k, v, y, log_den, gy))
+    gw, gu, gk, gv = bi_wkv_torch_backward(w, u, k, v, y, log_den, gy)
+    return gw, gu, _from_scan_order(gk, grid_hw, split), _from_scan_order(gv, grid_hw, split)
+
+
+@torch.library.custom_op('vision_rwkv::bi_wkv_forward', mutates_args=())
+def bi_wkv_forward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, H: int, W: int,
+                      split: int, use_triton: bool, with_log_den: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Bi-WKV forward as one operator (``torch.compile`` and ``torch.export`` see a single node).
+
+    Args:
+        w, u: (C,); k, v: (B, T, C), checked by ``bi_wkv``.
+        H, W, split: the scan layout of ``scan_layout``.
+        use_triton: run the Triton kernels (CUDA, or the interpreter on CPU), else the PyTorch path.
+        with_log_den: also return the log-denominator the backward needs (Triton computes it anyway).
+
+    Returns:
+        y: (B, T, C) in ``compute_dtype(k)`` (float32, or float64 on the PyTorch path for float64
+        inputs); log_den: (B, T, C) of the same dtype, or an empty (0,) tensor without ``with_log_den``.
+    """
+    if not use_triton:
+        return _torch_forward(w, u, k, v, (H, W), split, with_log_den)
+    from .bi_wkv_triton import bi_wkv_triton_forward
+    with _cuda_guard(k):
+        y, log_den = bi_wkv_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
+                                           v.contiguous(), (H, W), split)
+    return y, (log_den if with_log_den else y.new_empty(0))
+
+
+@bi_wkv_forward_op.register_fake
+def _bi_wkv_forward_fake(w, u, k, v, H, W, split, use_triton, with_log_den):
+    y = k.new_empty(k.shape, dtype=compute_dtype(k))
+    return y, (y.new_empty(k.shape) if with_log_den else y.new_empty(0))
+
+
+@torch.library.custom_op('vision_rwkv::bi_wkv_backward', mutates_args=())
+def bi_wkv_backward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
+                       log_den: torch.Tensor, gy: torch.Tensor, H: int, W: int, split: int,
+                       use_triton: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``bi_wkv_forward``: w, u, k, v, y, log_den (forward inputs and outputs), gy (B, T, C)
+    the gradient of y; the layout and path as the forward. Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
+    if log_den.shape != y.shape:
+        raise RuntimeError('bi_wkv: the backward needs the log-denominator, which the forward skipped '
+                           '(it ran with grad disabled or on inputs that did not require grad)')
+    if use_triton:
+        from .bi_wkv_triton import bi_wkv_triton_backward
+        with _cuda_guard(k):
+            grads = bi_wkv_triton_backward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
+                                           v.contiguous(), y, log_den, gy.contiguous(), (H, W), split)
+    else:
+        grads = _torch_backward(w, u, k, v, y, log_den, gy, (H, W), split)
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (w, u, k, v)))
+
+
+@bi_wkv_backward_op.register_fake
+def _bi_wkv_backward_fake(w, u, k, v, y, log_den, gy, H, W, split, use_triton):
+    return tuple(t.new_empty(t.shape) for t in (w, u, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    w, u, k, v, H, W, split, use_triton, _ = inputs
+    y, log_den = output
+    ctx.save_for_backward(w, u, k, v, y, log_den)
+    ctx.layout = (H, W, split, use_triton)
+    ctx.mark_non_differentiable(log_den)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, gy, _):
+    if gy is None:
+        return (None,) * 9
+    grads = bi_wkv_backward_op(*ctx.saved_tensors, gy, *ctx.layout)
+    return grads + (None,) * 5
+
+
+torch.library.register_autograd(bi_wkv_forward_op, _backward, setup_context=_setup_context)
 
 
 def bi_wkv(
@@ -157,8 +225,7 @@ def bi_wkv(
         (B, T, C) tensor in the dtype of k. Accumulation is in fp32 (fp64 for fp64 inputs).
     """
     _check_inputs(w, u, k, v)
-    grid_hw, split = scan_layout(k, grid, order)
-    backend = backend or 'auto'
-    if _use_triton(k, backend):
-        return BiWKVFunction.apply(w, u, k, v, backend, grid_hw, split)
-    return _torch_in_scan_order(w, u, k, v, grid_hw, split)
+    (H, W), split = scan_layout(k, grid, order)
+    use_triton = _use_triton(k, backend or 'auto')
+    y, _ = bi_wkv_forward_op(w, u, k, v, H, W, split, use_triton, _needs_grad(w, u, k, v))
+    return y.to(k.dtype)

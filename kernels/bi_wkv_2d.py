@@ -10,15 +10,23 @@ Because d - 1 = (|Δrow| - 1) + |Δcol| for tokens in other rows, the sum splits
 Every part is a positive sum kept in log-scaled form (s, l) and combined under a shared maximum,
 so nothing large is ever subtracted. Time and memory O(B·H·W·C).
 
+The gradients use the symmetry of the weights W_ts (d(s, t) = d(t, s)): with g_t = gy_t / den_t,
+- gv_s = e^{k_s}·Σ_t W_st·g_t and gk_s = v_s·gv_s - e^{k_s}·Σ_t W_st·g_t·y_t: the same 2D sums of
+  (gy, gy·y) with log-weights -log den;
+- gw = -Σ_t g_t·Σ_{s≠t} (d(s,t) - 1)·W_ts·e^{k_s}·(v_s - y_t), with distance-weighted sums in the
+  same decomposition: (d - 1) = (|Δcol| - 1) in the own row and (|Δrow| - 1) + |Δcol| across rows,
+  and a distance-weighted exclusive scan is an exclusive scan of the exclusive scan, times e^{-w}.
+
 CUDA tensors run the Triton kernels of ``bi_wkv_2d_triton`` (same decomposition, forward and
-backward); other tensors run the PyTorch path below (any device, autograd through the scans).
+backward); other tensors run the PyTorch path below (any device). Both run inside the operators
+``vision_rwkv::bi_wkv_2d_forward`` / ``_backward`` (one graph node each for torch.compile / export).
 """
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .bi_wkv import _check_inputs, _use_triton, compute_dtype, scan_layout
-from .bi_wkv_torch import _bidirectional, choose_chunk_len, fits_one_chunk, one_chunk_bidirectional
+from .bi_wkv import _check_inputs, _cuda_guard, _needs_grad, _use_triton, compute_dtype, scan_layout
+from .bi_wkv_torch import _bidirectional, choose_chunk_len, decay_scan, fits_one_chunk, one_chunk_bidirectional
 
 
 def _log_add(a: Tuple[torch.Tensor, torch.Tensor], b: Tuple[torch.Tensor, torch.Tensor]):
@@ -34,29 +42,178 @@ def _exclusive_two_sided(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     if fits_one_chunk(z.shape[1], w):
         fwd, bwd = one_chunk_bidirectional(z, x, w)
     else:
-        fwd, bwd = _bidirectional(z, x, w, choose_chunk_len(w.detach()))
+        fwd, bwd = _bidirectional(z, x, w, choose_chunk_len(w))
     return _log_add(fwd, bwd)
 
 
-class BiWKV2DFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels; fp32 accumulation, outputs and gradients in the input dtypes."""
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Σ_{j<t} x_j along dim 1 (zeros at t = 0)."""
+    out = torch.zeros_like(x)
+    torch.cumsum(x[:, :-1], dim=1, out=out[:, 1:])
+    return out
 
-    @staticmethod
-    def forward(ctx, w, u, k, v, grid_hw):
-        from .bi_wkv_2d_triton import bi_wkv_2d_triton_forward
-        w32, u32 = w.float().contiguous(), u.float().contiguous()
-        k_in, v_in = k.contiguous(), v.contiguous()
-        y, log_den = bi_wkv_2d_triton_forward(w32, u32, k_in, v_in, grid_hw)
-        ctx.save_for_backward(w32, u32, k_in, v_in, y, log_den)
-        ctx.grid_hw = grid_hw
-        ctx.dtypes = (w.dtype, u.dtype, k.dtype, v.dtype)
-        return y.to(k.dtype)
 
-    @staticmethod
-    def backward(ctx, gy):
+def _exclusive_two_sided_weighted(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
+    """Σ_{i≠t} (|t-i|-1)·e^{-(|t-i|-1)w + z_i}·x_i along dim 1, as (s, l). Per direction the weight
+    (t-1-i) counts the tokens j strictly between i and t, so the sum is Σ_{j<t} of the exclusive sums
+    with their decay to j removed: in one chunk (same condition as ``_exclusive_two_sided``), the
+    exclusive cumulative sum of the scaled exclusive sums (positive terms only); else
+    e^{-w}·Σ_{j<t} e^{-(t-1-j)w}·A_j with A the exclusive scan, by ``decay_scan`` twice."""
+    if fits_one_chunk(z.shape[1], w):
+        (s_f, l_f), (s_b, l_b) = one_chunk_bidirectional(z, x, w)
+        s_f, s_b = _exclusive_cumsum(s_f), _exclusive_cumsum(s_b.flip(1)).flip(1)
+        return _log_add((s_f, l_f), (s_b, l_b))
+    B = z.shape[0]
+    chunk_len = choose_chunk_len(w)
+    s_a, l_a = decay_scan(torch.cat([z, z.flip(1)]), torch.cat([x, x.flip(1)]), w, chunk_len)
+    s_p, l_p = decay_scan(l_a, s_a, w, chunk_len)
+    l_p = l_p - w
+    return _log_add((s_p[:B], l_p[:B]), (s_p[B:].flip(1), l_p[B:].flip(1)))
+
+
+def _transpose_grid(t: torch.Tensor, B: int, n: int, m: int) -> torch.Tensor:
+    """(B·n, m, ...) lines of a grid -> (B·m, n, ...): rows to columns (n = H, m = W), or back."""
+    return t.reshape(B, n, m, *t.shape[2:]).transpose(1, 2).reshape(B * m, n, *t.shape[2:])
+
+
+def _column_scan(scan, part, w: torch.Tensor, grid_hw: Tuple[int, int]):
+    """``scan`` (an exclusive two-sided scan) along the columns of a part (s, l) laid out in rows
+    (B·H, W, C, V) and (B·H, W, C); the result in the same layout."""
+    H, W = grid_hw
+    s, l = part
+    B = s.shape[0] // H
+    s, l = scan(_transpose_grid(l, B, H, W), _transpose_grid(s, B, H, W), w)
+    return _transpose_grid(s, B, W, H), _transpose_grid(l, B, W, H)
+
+
+def _row_sums(z_rows: torch.Tensor, x_rows: torch.Tensor, w: torch.Tensor):
+    """The own-row exclusive sums and the inclusive row sums e^{-w}·(own row) + e^{z_t}·x_t, as (s, l),
+    of log-weights z (B·H, W, C) and values x (B·H, W, C, V) laid out in rows."""
+    row = _exclusive_two_sided(z_rows, x_rows, w)
+    return row, _log_add((row[0], row[1] - w), (x_rows, z_rows))
+
+
+def _grid_sums(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, grid_hw: Tuple[int, int]):
+    """Σ_s W_ts·e^{z_s}·x_s of 2D Bi-WKV (W_tt = e^u) for z (B, T, C) and x (B, T, C, V), as
+    (s (B, T, C, V), l (B, T, C)): own row, other rows (column scans of the inclusive row sums), own token."""
+    B, T, C = z.shape
+    H, W = grid_hw
+    z_rows, x_rows = z.reshape(B * H, W, C), x.reshape(B * H, W, C, -1)
+    row, inclusive = _row_sums(z_rows, x_rows, w)
+    s, l = _log_add(_log_add(row, _column_scan(_exclusive_two_sided, inclusive, w, grid_hw)),
+                    (x_rows, u + z_rows))
+    return s.reshape(B, T, C, -1), l.reshape(B, T, C)
+
+
+def _distance_weighted_grid_sums(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, grid_hw: Tuple[int, int]):
+    """Σ_{s≠t} (d(s,t) - 1)·W_ts·e^{z_s}·x_s (= -∂/∂w of ``_grid_sums``), as (s, l) like ``_grid_sums``:
+    own row (|Δcol| - 1); other rows: (|Δrow| - 1) by a weighted column scan of the inclusive row sums,
+    plus |Δcol| by a column scan of the row sums weighted by |Δcol|, e^{-w}·(weighted + plain own-row sums)."""
+    B, T, C = z.shape
+    H, W = grid_hw
+    z_rows, x_rows = z.reshape(B * H, W, C), x.reshape(B * H, W, C, -1)
+    row, inclusive = _row_sums(z_rows, x_rows, w)
+    row_weighted = _exclusive_two_sided_weighted(z_rows, x_rows, w)
+    s, l = _log_add(row_weighted, row)
+    across = _log_add(_column_scan(_exclusive_two_sided_weighted, inclusive, w, grid_hw),
+                      _column_scan(_exclusive_two_sided, (s, l - w), w, grid_hw))
+    s, l = _log_add(row_weighted, across)
+    return s.reshape(B, T, C, -1), l.reshape(B, T, C)
+
+
+def _bi_wkv_2d_torch_forward(w, u, k, v, grid_hw, with_log_den):
+    """The PyTorch path: y (B, H·W, C) in ``compute_dtype(k)`` and its log-denominator (or an empty tensor)."""
+    w, u, k, v = (t.to(compute_dtype(k)) for t in (w, u, k, v))
+    s, l = _grid_sums(k, torch.stack([v, torch.ones_like(v)], dim=-1), w, u, grid_hw)
+    num, den = s.unbind(-1)
+    y = (num / den).contiguous()
+    return y, ((l + torch.log(den)).contiguous() if with_log_den else y.new_empty(0))
+
+
+def _bi_wkv_2d_torch_backward(w, u, k, v, y, log_den, gy, grid_hw):
+    """Gradients on the PyTorch path (see the module docstring), in ``compute_dtype(k)``."""
+    w, u, k, v, gy = (t.to(compute_dtype(k)) for t in (w, u, k, v, gy))
+    q = -log_den  # g_t = gy_t·e^{q_t}
+    s, l = _grid_sums(q, torch.stack([gy, gy * y], dim=-1), w, u, grid_hw)
+    scale = torch.exp(k + l)
+    gv = scale * s[..., 0]
+    gk = v * gv - scale * s[..., 1]
+    gu = (torch.exp(u + k + q) * gy * (v - y)).sum(dim=(0, 1))
+    s, l = _distance_weighted_grid_sums(k, torch.stack([v, torch.ones_like(v)], dim=-1), w, grid_hw)
+    gw = -(gy * torch.exp(l + q) * (s[..., 0] - y * s[..., 1])).sum(dim=(0, 1))
+    return gw, gu, gk, gv
+
+
+@torch.library.custom_op('vision_rwkv::bi_wkv_2d_forward', mutates_args=())
+def bi_wkv_2d_forward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, H: int, W: int,
+                         use_triton: bool, with_log_den: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """2D Bi-WKV forward as one operator (``torch.compile`` and ``torch.export`` see a single node).
+
+    Args:
+        w, u: (C,); k, v: (B, H·W, C), checked by ``bi_wkv_2d``.
+        H, W: the grid.
+        use_triton: run the Triton kernels (CUDA, or the interpreter on CPU), else the PyTorch path.
+        with_log_den: also return the log-denominator the backward needs (Triton computes it anyway).
+
+    Returns:
+        y: (B, H·W, C) in ``compute_dtype(k)``; log_den: (B, H·W, C) of the same dtype, or an empty
+        (0,) tensor without ``with_log_den``.
+    """
+    if not use_triton:
+        return _bi_wkv_2d_torch_forward(w, u, k, v, (H, W), with_log_den)
+    from .bi_wkv_2d_triton import bi_wkv_2d_triton_forward
+    with _cuda_guard(k):
+        y, log_den = bi_wkv_2d_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
+                                              v.contiguous(), (H, W))
+    return y, (log_den if with_log_den else y.new_empty(0))
+
+
+@bi_wkv_2d_forward_op.register_fake
+def _bi_wkv_2d_forward_fake(w, u, k, v, H, W, use_triton, with_log_den):
+    y = k.new_empty(k.shape, dtype=compute_dtype(k))
+    return y, (y.new_empty(k.shape) if with_log_den else y.new_empty(0))
+
+
+@torch.library.custom_op('vision_rwkv::bi_wkv_2d_backward', mutates_args=())
+def bi_wkv_2d_backward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
+                          log_den: torch.Tensor, gy: torch.Tensor, H: int, W: int,
+                          use_triton: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``bi_wkv_2d_forward``: w, u, k, v, y, log_den (forward inputs and outputs), gy (B, H·W, C)
+    the gradient of y; grid and path as the forward. Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
+    if log_den.shape != y.shape:
+        raise RuntimeError('bi_wkv_2d: the backward needs the log-denominator, which the forward skipped '
+                           '(it ran with grad disabled or on inputs that did not require grad)')
+    if use_triton:
         from .bi_wkv_2d_triton import bi_wkv_2d_triton_backward
-        grads = bi_wkv_2d_triton_backward(*ctx.saved_tensors, gy.contiguous(), ctx.grid_hw)
-        return tuple(g.to(dt) for g, dt in zip(grads, ctx.dtypes)) + (None,)
+        with _cuda_guard(k):
+            grads = bi_wkv_2d_triton_backward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
+                                              v.contiguous(), y, log_den, gy.contiguous(), (H, W))
+    else:
+        grads = _bi_wkv_2d_torch_backward(w, u, k, v, y, log_den, gy, (H, W))
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (w, u, k, v)))
+
+
+@bi_wkv_2d_backward_op.register_fake
+def _bi_wkv_2d_backward_fake(w, u, k, v, y, log_den, gy, H, W, use_triton):
+    return tuple(t.new_empty(t.shape) for t in (w, u, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    w, u, k, v, H, W, use_triton, _ = inputs
+    y, log_den = output
+    ctx.save_for_backward(w, u, k, v, y, log_den)
+    ctx.layout = (H, W, use_triton)
+    ctx.mark_non_differentiable(log_den)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, gy, _):
+    if gy is None:
+        return (None,) * 8
+    return bi_wkv_2d_backward_op(*ctx.saved_tensors, gy, *ctx.layout) + (None,) * 4
+
+
+torch.library.register_autograd(bi_wkv_2d_forward_op, _backward, setup_context=_setup_context)
 
 
 def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -73,31 +230,7 @@ def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         (B, H*W, C) in the dtype of k (fp16/bf16 inputs are computed in fp32).
     """
     _check_inputs(w, u, k, v)
-    grid_hw, _ = scan_layout(k, grid, 'row')
-    if _use_triton(k, backend or 'auto'):
-        return BiWKV2DFunction.apply(w, u, k, v, grid_hw)
-    return _bi_wkv_2d_torch(w, u, k, v, grid_hw)
-
-
-def _bi_wkv_2d_torch(w, u, k, v, grid_hw):
-    """The PyTorch path of ``bi_wkv_2d`` (autograd through the scans)."""
-    H, W = grid_hw
-    B, T, C = k.shape
-    w_, u_, k_, v_ = (t.to(compute_dtype(k)) for t in (w, u, k, v))
-    x = torch.stack([v_, torch.ones_like(v_)], dim=-1)  # (B, T, C, 2): numerator and denominator
-
-    # own row, other columns: exclusive row scans over W
-    row_s, row_l = _exclusive_two_sided(k_.reshape(B * H, W, C), x.reshape(B * H, W, C, 2), w_)
-    # inclusive row sums, e^{-w} R_excl + own token, to be carried across rows
-    inc_s, inc_l = _log_add((row_s, row_l - w_), (x.reshape(B * H, W, C, 2), k_.reshape(B * H, W, C)))
-    # other rows: exclusive column scans over H of the inclusive row sums
-    col_z = inc_l.reshape(B, H, W, C).transpose(1, 2).reshape(B * W, H, C)
-    col_x = inc_s.reshape(B, H, W, C, 2).transpose(1, 2).reshape(B * W, H, C, 2)
-    col_s, col_l = _exclusive_two_sided(col_z, col_x, w_)
-    col_s = col_s.reshape(B, W, H, C, 2).transpose(1, 2).reshape(B, T, C, 2)
-    col_l = col_l.reshape(B, W, H, C).transpose(1, 2).reshape(B, T, C)
-
-    s, log_scale = _log_add((row_s.reshape(B, T, C, 2), row_l.reshape(B, T, C)), (col_s, col_l))
-    s, _ = _log_add((s, log_scale), (x, u_ + k_))
-    num, den = s.unbind(-1)
-    return (num / den).to(k.dtype)
+    (H, W), _ = scan_layout(k, grid, 'row')
+    use_triton = _use_triton(k, backend or 'auto')
+    y, _ = bi_wkv_2d_forward_op(w, u, k, v, H, W, use_triton, _needs_grad(w, u, k, v))
+    return y.to(k.dtype)
