@@ -129,25 +129,31 @@ def bi_wkv_forward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torc
         w, u: (C,); k, v: (B, T, C), checked by ``bi_wkv``.
         H, W, split: the scan layout of ``scan_layout``.
         use_triton: run the Triton kernels (CUDA, or the interpreter on CPU), else the PyTorch path.
-        with_log_den: also return the log-denominator the backward needs (Triton computes it anyway).
+        with_log_den: also return the log-denominator the backward needs.
 
     Returns:
-        y: (B, T, C) in ``compute_dtype(k)`` (float32, or float64 on the PyTorch path for float64
-        inputs); log_den: (B, T, C) of the same dtype, or an empty (0,) tensor without ``with_log_den``.
+        y: (B, T, C) in ``_forward_dtype`` (the accumulation dtype, float32 or float64 on the PyTorch path
+        for float64 inputs, except that the Triton inference forward writes k's dtype directly);
+        log_den: (B, T, C) in the accumulation dtype, or an empty (0,) tensor without ``with_log_den``.
     """
     if not use_triton:
         return _torch_forward(w, u, k, v, (H, W), split, with_log_den)
     from .bi_wkv_triton import bi_wkv_triton_forward
     with _cuda_guard(k):
         y, log_den = bi_wkv_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
-                                           v.contiguous(), (H, W), split)
-    return y, (log_den if with_log_den else y.new_empty(0))
+                                           v.contiguous(), (H, W), split, with_log_den=with_log_den)
+    return y, (log_den if with_log_den else y.new_empty(0, dtype=compute_dtype(k)))
+
+
+def _forward_dtype(k: torch.Tensor, use_triton: bool, with_log_den: bool) -> torch.dtype:
+    """dtype of the forward op's y: k's own for the Triton inference forward (one write, no conversion)."""
+    return k.dtype if use_triton and not with_log_den else compute_dtype(k)
 
 
 @bi_wkv_forward_op.register_fake
 def _bi_wkv_forward_fake(w, u, k, v, H, W, split, use_triton, with_log_den):
-    y = k.new_empty(k.shape, dtype=compute_dtype(k))
-    return y, (y.new_empty(k.shape) if with_log_den else y.new_empty(0))
+    y = k.new_empty(k.shape, dtype=_forward_dtype(k, use_triton, with_log_den))
+    return y, k.new_empty(k.shape if with_log_den else (0,), dtype=compute_dtype(k))
 
 
 @torch.library.custom_op('vision_rwkv::bi_wkv_backward', mutates_args=())

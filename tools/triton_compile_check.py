@@ -18,46 +18,69 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: Representative shape of the launch geometry: VRWKV-S width at 64x64 tokens.
-B, T, C = 8, 4096, 384
-#: Tensors the kernels read in the input dtype (bf16 in training); every other pointer is fp32.
-INPUT_TENSORS = ('k_ptr', 'v_ptr', 'gy_ptr')
+#: Representative shape of the launch geometry: VRWKV-S width at 64x64 tokens, bf16 inputs.
+B, H, W, C = 8, 64, 64, 384
+_DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
+
+
+def recorded_launches():
+    """Every kernel launch the Bi-WKV host functions make at (B, H·W, C) on meta tensors (nothing runs):
+    (kernel, positional args, keyword args). Raster and cross order, training and inference forward,
+    backward; 1D and 2D."""
+    from triton.runtime.jit import JITFunction
+
+    from vision_rwkv.kernels.bi_wkv_2d_triton import bi_wkv_2d_triton_backward, bi_wkv_2d_triton_forward
+    from vision_rwkv.kernels.bi_wkv_triton import bi_wkv_triton_backward, bi_wkv_triton_forward
+
+    T = H * W
+    w, u = (torch.empty(C, device='meta') for _ in range(2))
+    k, v, gy = (torch.empty(B, T, C, device='meta', dtype=torch.bfloat16) for _ in range(3))
+    y, log_den = (torch.empty(B, T, C, device='meta') for _ in range(2))
+    launches = []
+
+    def record(kernel, grid):
+        return lambda *args, **kwargs: launches.append((kernel, args, kwargs))
+
+    original = JITFunction.__getitem__
+    JITFunction.__getitem__ = record
+    try:
+        for split in (C, C // 2):
+            for with_log_den in (True, False):
+                bi_wkv_triton_forward(w, u, k, v, (H, W), split, with_log_den=with_log_den)
+            bi_wkv_triton_backward(w, u, k, v, y, log_den, gy, (H, W), split)
+        bi_wkv_2d_triton_forward(w, u, k, v, (H, W))
+        bi_wkv_2d_triton_backward(w, u, k, v, y, log_den, gy, (H, W))
+    finally:
+        JITFunction.__getitem__ = original
+    return launches
 
 
 def kernel_specs():
-    """(name, kernel, constexprs, num_warps) of every launch the Bi-WKV ops make, at (B, T, C)."""
-    from vision_rwkv.kernels import bi_wkv_triton as k1
-
-    plan = k1._Plan(B, T, C, None, None)
-    chunk = dict(L=plan.L, BLOCK_C=plan.block_c)
-    specs = [(name, getattr(k1, name), chunk, plan.warps)
-             for name in ('_fwd_totals_kernel', '_bwd_totals_kernel', '_bwd_finish_kernel')]
-    for with_lse in (True, False):
-        specs.append((f'_fwd_finish_kernel(WITH_LSE={with_lse})', k1._fwd_finish_kernel,
-                      dict(chunk, WITH_LSE=with_lse), plan.warps))
-    for dist in (False, True):
-        specs.append((f'_carry_kernel(WITH_DIST={dist})', k1._carry_kernel,
-                      dict(L=plan.L, CB=plan.CB, BLOCK_C=plan.block_c, REVERSE=True, WITH_DIST=dist),
-                      plan.carry_warps))
-    return specs
-
-
-def signature(kernel, constexprs):
-    """Triton signature: input tensors bf16 (and y in inference, WITH_LSE=False), other pointers fp32,
-    scalars i32, constexprs as given."""
-    bf16 = INPUT_TENSORS + (('y_ptr',) if constexprs.get('WITH_LSE') is False else ())
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = 'constexpr'
-        elif name.endswith('_ptr'):
-            sig[name] = '*bf16' if name in bf16 else '*fp32'
-        else:
-            sig[name] = 'i32'
-    return sig
+    """Distinct (label, kernel, signature, constexprs, num_warps) among the recorded launches."""
+    specs = {}
+    for kernel, args, kwargs in recorded_launches():
+        kwargs = dict(kwargs)
+        warps = kwargs.pop('num_warps', 4)
+        values = dict(zip(kernel.arg_names, args), **kwargs)
+        constexprs = {p.name: values[p.name] for p in kernel.params if p.is_constexpr}
+        sig = {}
+        for name in kernel.arg_names:
+            value = values[name]
+            if name in constexprs:
+                sig[name] = 'constexpr'
+            elif isinstance(value, torch.Tensor):
+                sig[name] = '*' + _DTYPES[value.dtype]
+            else:
+                sig[name] = 'i32' if -2 ** 31 <= int(value) < 2 ** 31 else 'i64'
+        label = f"{kernel.fn.__module__.rsplit('.', 1)[-1]}.{kernel.fn.__name__}"
+        label += '(' + ', '.join(f'{k}={v}' for k, v in constexprs.items()) + ')'
+        specs.setdefault((label, tuple(sig.items()), warps), (label, kernel, sig, constexprs, warps))
+    return list(specs.values())
 
 
 def ptxas_usage(ptx: str, arch: int):
@@ -84,11 +107,11 @@ def compile_all(arch: int):
 
     target = GPUTarget('cuda', arch, 32)
     rows = []
-    for name, kernel, constexprs, warps in kernel_specs():
+    for name, kernel, sig, constexprs, warps in kernel_specs():
         start = time.perf_counter()
         row = dict(kernel=name, num_warps=warps)
         try:
-            src = ASTSource(fn=kernel, signature=signature(kernel, constexprs),
+            src = ASTSource(fn=kernel, signature=sig,
                             constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
             compiled = triton.compile(src, target=target, options=dict(num_warps=warps))
             row['registers'], row['spill_bytes'] = ptxas_usage(compiled.asm['ptx'], arch)
@@ -99,7 +122,7 @@ def compile_all(arch: int):
             row['error'] = f'{type(e).__name__}: {str(e)[:2000]}'
         row['seconds'] = round(time.perf_counter() - start, 1)
         rows.append(row)
-        print(f"{name:36s} warps {warps}  " + (f"registers {row['registers']:3d}  spills {row['spill_bytes']} B  "
+        print(f"{name:70s} warps {warps}  " + (f"registers {row['registers']:3d}  spills {row['spill_bytes']} B  "
               f"shared {row['shared_bytes']} B" if 'registers' in row else row['error']) +
               f"  ({row['seconds']} s)  {'ok' if row['ok'] else 'FAIL'}", flush=True)
     return rows
@@ -114,7 +137,7 @@ def main(argv=None):
         parser.error('unset TRITON_INTERPRET: interpreted kernels cannot be compiled')
     rows = compile_all(args.arch)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(arch=args.arch, shape=[B, T, C], kernels=rows), indent=2))
+        Path(args.json).write_text(json.dumps(dict(arch=args.arch, shape=[B, H, W, C], kernels=rows), indent=2))
     failed = [r['kernel'] for r in rows if not r['ok']]
     print(f'{len(rows) - len(failed)}/{len(rows)} kernels compiled for sm_{args.arch} without spills'
           + (f'; failed: {", ".join(failed)}' if failed else ''))
