@@ -203,6 +203,7 @@ def _scratch(name: str, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Ten
     if numel > WORKSPACE_MAX_ELEMENTS:
         return like.new_empty(shape)
     buffers = _workspace.__dict__.setdefault('buffers', {})
+    name = (name, torch.is_inference_mode_enabled())  # an inference tensor cannot be written outside it
     flat = buffers.get(name)
     if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
         buffers[name] = flat = like.new_empty(numel)

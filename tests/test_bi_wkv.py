@@ -220,3 +220,18 @@ def test_scan_order_errors():
         bi_wkv(w, u, k, v, grid=(3, 5), order='cross')
     with pytest.raises(ValueError, match='order must be one of'):
         bi_wkv(w, u, k, v, grid=(3, 4), order='diagonal')
+
+
+def test_inference_mode_then_training_on_the_torch_path():
+    """The PyTorch path reuses scratch buffers between calls: one made under inference_mode (an inference
+    tensor) must not be written by a later training call (as a benchmark or an evaluation loop does)."""
+    import timm
+    import vision_rwkv  # noqa: F401  (registers the models)
+
+    model = timm.create_model('vrwkv_tiny_patch16_224', img_size=32, depth=2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        y_inf = model(x)
+    y = model(x)
+    y.sum().backward()
+    assert torch.allclose(y.detach(), y_inf, rtol=1e-5, atol=1e-6)

@@ -103,4 +103,7 @@ def shift_mix(
         fused backward).
     """
     _check_shift(x, grid, gamma)
+    if torch.compiler.is_compiling():  # dynamo cannot trace _ShiftMix; the compiler fuses the plain form
+        xx = _shift(x, grid, shift_pixel, gamma)
+        return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)
     return _ShiftMix.apply(x, tuple(grid), shift_pixel, gamma, *mixes)
