@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .bi_wkv import _check_inputs, _cuda_guard, _needs_grad, _use_triton, compute_dtype, scan_layout
+from .bi_wkv import _LIB, _check_inputs, _cuda_guard, _needs_grad, _use_triton, compute_dtype, define_op, scan_layout
 from .bi_wkv_torch import _bidirectional, choose_chunk_len, decay_scan, fits_one_chunk, one_chunk_bidirectional
 
 
@@ -144,9 +144,7 @@ def _bi_wkv_2d_torch_backward(w, u, k, v, y, log_den, gy, grid_hw):
     return gw, gu, gk, gv
 
 
-@torch.library.custom_op('vision_rwkv::bi_wkv_2d_forward', mutates_args=())
-def bi_wkv_2d_forward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, H: int, W: int,
-                         use_triton: bool, with_log_den: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _bi_wkv_2d_forward_impl(w, u, k, v, H, W, use_triton, with_log_den):
     """2D Bi-WKV forward as one operator (``torch.compile`` and ``torch.export`` see a single node).
 
     Args:
@@ -168,16 +166,12 @@ def bi_wkv_2d_forward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: t
     return y, (log_den if with_log_den else y.new_empty(0))
 
 
-@bi_wkv_2d_forward_op.register_fake
 def _bi_wkv_2d_forward_fake(w, u, k, v, H, W, use_triton, with_log_den):
     y = k.new_empty(k.shape, dtype=compute_dtype(k))
     return y, (y.new_empty(k.shape) if with_log_den else y.new_empty(0))
 
 
-@torch.library.custom_op('vision_rwkv::bi_wkv_2d_backward', mutates_args=())
-def bi_wkv_2d_backward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
-                          log_den: torch.Tensor, gy: torch.Tensor, H: int, W: int,
-                          use_triton: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bi_wkv_2d_backward_impl(w, u, k, v, y, log_den, gy, H, W, use_triton):
     """Gradients of ``bi_wkv_2d_forward``: w, u, k, v, y, log_den (forward inputs and outputs), gy (B, H·W, C)
     the gradient of y; grid and path as the forward. Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
     if log_den.shape != y.shape:
@@ -193,9 +187,17 @@ def bi_wkv_2d_backward_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: 
     return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (w, u, k, v)))
 
 
-@bi_wkv_2d_backward_op.register_fake
 def _bi_wkv_2d_backward_fake(w, u, k, v, y, log_den, gy, H, W, use_triton):
     return tuple(t.new_empty(t.shape) for t in (w, u, k, v))
+
+
+bi_wkv_2d_forward_op = define_op(
+    'bi_wkv_2d_forward(Tensor w, Tensor u, Tensor k, Tensor v, SymInt H, SymInt W, bool use_triton, '
+    'bool with_log_den) -> (Tensor y, Tensor log_den)', _bi_wkv_2d_forward_impl, _bi_wkv_2d_forward_fake)
+bi_wkv_2d_backward_op = define_op(
+    'bi_wkv_2d_backward(Tensor w, Tensor u, Tensor k, Tensor v, Tensor y, Tensor log_den, Tensor gy, SymInt H, '
+    'SymInt W, bool use_triton) -> (Tensor gw, Tensor gu, Tensor gk, Tensor gv)',
+    _bi_wkv_2d_backward_impl, _bi_wkv_2d_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -213,7 +215,7 @@ def _backward(ctx, gy, _):
     return bi_wkv_2d_backward_op(*ctx.saved_tensors, gy, *ctx.layout) + (None,) * 4
 
 
-torch.library.register_autograd(bi_wkv_2d_forward_op, _backward, setup_context=_setup_context)
+torch.library.register_autograd('vision_rwkv::bi_wkv_2d_forward', _backward, setup_context=_setup_context, lib=_LIB)
 
 
 def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
