@@ -100,12 +100,12 @@ def test_broken_kernel_fails(tmp_path, monkeypatch):
 
     forward_1d, backward_2d = kernels_1d.bi_wkv_triton_forward, kernels_2d.bi_wkv_2d_triton_backward
 
-    def broken_forward_1d(*args):
-        y, log_den = forward_1d(*args)
+    def broken_forward_1d(*args, **kwargs):
+        y, log_den = forward_1d(*args, **kwargs)
         return y * 1.05, log_den
 
-    def broken_backward_2d(*args):
-        gw, gu, gk, gv = backward_2d(*args)
+    def broken_backward_2d(*args, **kwargs):
+        gw, gu, gk, gv = backward_2d(*args, **kwargs)
         return gw, gu, gk * 1.05, gv
 
     patch_kernel(monkeypatch, 'bi_wkv_triton_forward', broken_forward_1d)
