@@ -289,14 +289,14 @@ def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: tor
     m = _two_way_weights_(den, k, w)
     torch.mul(den, v, out=num)
     sums = _two_way_cumsum(buf, T, _scratch('sums', buf.shape, k))
-    (num_f, den_f), (num_b, den_b) = sums[0, :, :T].view(2, B, T, C), sums[1, :, 2:T + 2].view(2, B, T, C)
+    left, right = sums[0, :, :T].view(2, B, T, C), sums[1, :, 2:T + 2].view(2, B, T, C)  # (numerator, denominator)
     scale = _two_way_log_scales_(_scratch('scales', (2, B, T, C), k), m, w)
     l_d = torch.add(u, k, out=_scratch('bonus', (B, T, C), k))
     top = torch.maximum(scale[0], scale[1], out=None if with_log_den else _scratch('top', (B, T, C), k))
     torch.maximum(top, l_d, out=top)
     a, a_d = scale.sub_(top).exp_(), l_d.sub_(top).exp_()
-    den = torch.mul(den_f, a[0], out=_scratch('den', (B, T, C), k)).addcmul_(den_b, a[1]).add_(a_d)
-    y = (num_f * a[0]).addcmul_(num_b, a[1]).addcmul_(v, a_d).div_(den)
+    num, den = torch.mul(left, a[0], out=_scratch('combined', (2, B, T, C), k)).addcmul_(right, a[1])
+    y = torch.addcmul(num, v, a_d).div_(den.add_(a_d))
     return y, (top.add_(den.log_()) if with_log_den else None)
 
 
@@ -402,9 +402,10 @@ def _one_chunk_backward(
     sums = _two_way_cumsum(buf, T, _scratch('sums', buf.shape, k))
     a = _two_way_log_scales_(_scratch('scales', (2, B, T, C), k), m, w).add_(k).exp_()  # e^{l + k}
     a_d = torch.add(u, k, out=_scratch('bonus', (B, T, C), k)).sub_(log_den).exp_()  # the bonus's attention
-    (g1_f, g2_f), (g1_b, g2_b) = sums[0, :, :T].view(2, B, T, C), sums[1, :, 2:T + 2].view(2, B, T, C)
-    gv = (g1_f * a[0]).addcmul_(g1_b, a[1]).addcmul_(a_d, gy)
-    gk = (v * gv).addcmul_(g2_f, a[0], value=-1).addcmul_(g2_b, a[1], value=-1).addcmul_(a_d, gyy, value=-1)
+    left, right = sums[0, :, :T].view(2, B, T, C), sums[1, :, 2:T + 2].view(2, B, T, C)  # of (gy, gy·y)
+    gv, s2 = (left * a[0]).addcmul_(right, a[1])  # gv is returned: a view of a fresh tensor
+    gv.addcmul_(a_d, gy)
+    gk = torch.mul(v, gv).sub_(s2.addcmul_(a_d, gyy))
     gu = torch.mul(gy, v, out=_scratch('gu', (B, T, C), k)).sub_(gyy).mul_(a_d).sum(dim=(0, 1))
     sums = _two_way_cumsum(sums, T, buf)  # second sums: tokens 1..T-1 at 0..T-2 (left to right), 0..T-2 at 3..T+1
     (q1_f, q2_f), (q1_b, q2_b) = sums[0, :, :T - 1].view(2, B, T - 1, C), sums[1, :, 3:T + 2].view(2, B, T - 1, C)

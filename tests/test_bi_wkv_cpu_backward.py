@@ -126,7 +126,8 @@ def test_one_chunk_and_chunked_backward_agree():
     assert_grads_close(one, [g.double() for g in chunked], gy, v, tol_g=1e-5)
 
 
-@pytest.mark.parametrize('decay,route', [(D_MAX, '_one_chunk_backward'), (ONE_CHUNK_DECAY * 1.001, '_chunked_backward')])
+@pytest.mark.parametrize('decay,route', [(D_MAX, '_one_chunk_backward'),
+                                         (ONE_CHUNK_DECAY * 1.001, '_chunked_backward')])
 def test_backward_route_follows_the_forward(monkeypatch, decay, route):
     """bi_wkv_torch_backward takes the one-chunk route exactly where the forward does (fits_one_chunk)."""
     T = 50

@@ -12,17 +12,21 @@ def _check_shift(x: torch.Tensor, grid: Tuple[int, int], gamma: float) -> None:
         raise ValueError(f'q_shift: grid {H}x{W} does not match {x.shape[1]} tokens')
 
 
-def _shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int, gamma: float,
-           transpose: bool = False) -> torch.Tensor:
-    """The Q-Shift map of ``q_shift`` (no checks), or with ``transpose`` its transpose, which moves every
-    channel group the other way (left <-> right, up <-> down): the backward of the shift."""
-    B, N, C = x.shape
-    H, W = grid
-    s = shift_pixel
+def _groups(C: int, gamma: float, transpose: bool) -> Tuple[slice, slice, slice, slice]:
+    """Channels taken from the left, right, upper and lower neighbour (swapped when ``transpose``)."""
     g = int(C * gamma)
     from_left, from_right, from_up, from_down = (slice(i * g, (i + 1) * g) for i in range(4))
     if transpose:
-        from_left, from_right, from_up, from_down = from_right, from_left, from_down, from_up
+        return from_right, from_left, from_down, from_up
+    return from_left, from_right, from_up, from_down
+
+
+def _shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int, gamma: float) -> torch.Tensor:
+    """The Q-Shift map of ``q_shift``, without checks."""
+    B, N, C = x.shape
+    H, W = grid
+    s = shift_pixel
+    from_left, from_right, from_up, from_down = _groups(C, gamma, transpose=False)
     x = x.view(B, H, W, C)
     out = torch.empty_like(x)
     out[:, :, s:, from_left] = x[:, :, :W - s, from_left]
@@ -33,8 +37,26 @@ def _shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int, gamma: floa
     out[:, :s, :, from_up] = 0
     out[:, :H - s, :, from_down] = x[:, s:, :, from_down]
     out[:, H - s:, :, from_down] = 0
-    out[..., 4 * g:] = x[..., 4 * g:]
+    rest = from_down.stop
+    out[..., rest:] = x[..., rest:]
     return out.view(B, N, C)
+
+
+def _add_transposed_shift_(out: torch.Tensor, x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int,
+                           gamma: float) -> None:
+    """out += the transpose of the Q-Shift map applied to x (the backward of the shift), in place:
+    every channel group moves the other way (left <-> right, up <-> down)."""
+    B, N, C = x.shape
+    H, W = grid
+    s = shift_pixel
+    from_left, from_right, from_up, from_down = _groups(C, gamma, transpose=True)
+    x, out = x.view(B, H, W, C), out.view(B, H, W, C)
+    out[:, :, s:, from_left] += x[:, :, :W - s, from_left]
+    out[:, :, :W - s, from_right] += x[:, :, s:, from_right]
+    out[:, s:, :, from_up] += x[:, :H - s, :, from_up]
+    out[:, :H - s, :, from_down] += x[:, s:, :, from_down]
+    rest = 4 * int(C * gamma)
+    out[..., rest:] += x[..., rest:]
 
 
 def q_shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int = 1, gamma: float = 0.25) -> torch.Tensor:
@@ -72,15 +94,19 @@ class _ShiftMix(torch.autograd.Function):
     def backward(ctx, *grads):
         """out_j = xx + m_j (x - xx): dx = Σ g_j m_j + shiftᵀ(Σ g_j (1 - m_j)), dm_j = Σ_{b,n} g_j (x - xx)."""
         diff, *mixes = ctx.saved_tensors
-        g_x = g_xx = None
+        g_x = g_xx = product = None
         g_mixes = []
         for g, m, needs in zip(grads, mixes, ctx.needs_input_grad[4:]):
-            g_mixes.append((g * diff).sum(dim=(0, 1), keepdim=True).to(m.dtype) if needs else None)
+            if needs:
+                product = torch.mul(g, diff, out=product)  # one temporary for all ratios
+                g_mixes.append(product.sum(dim=(0, 1), keepdim=True).to(m.dtype))
+            else:
+                g_mixes.append(None)
             m = m.to(g.dtype)
             g_x = g * m if g_x is None else g_x.addcmul_(g, m)
             g_xx = g * (1 - m) if g_xx is None else g_xx.addcmul_(g, 1 - m)
         if ctx.needs_input_grad[0]:
-            g_x += _shift(g_xx, *ctx.layout, transpose=True)
+            _add_transposed_shift_(g_x, g_xx, *ctx.layout)
         else:
             g_x = None
         return (g_x, None, None, None, *g_mixes)
