@@ -105,9 +105,7 @@ def _torch_forward(w, u, k, v, grid_hw, split, with_log_den):
     k, v = (_to_scan_order(t.to(compute), grid_hw, split).contiguous() for t in (k, v))
     y, log_den = bi_wkv_torch_forward(w, u, k, v, with_log_den=with_log_den)
     y = _from_scan_order(y, grid_hw, split).contiguous()
-    if not with_log_den:
-        return y, y.new_empty(0)
-    return y, _from_scan_order(log_den, grid_hw, split).contiguous()
+    return y, (_from_scan_order(log_den, grid_hw, split).contiguous() if with_log_den else None)
 
 
 def _torch_backward(w, u, k, v, y, log_den, gy, grid_hw, split):
@@ -135,6 +133,37 @@ def define_op(schema: str, impl, fake):
     return getattr(torch.ops.vision_rwkv, name).default
 
 
+def forward_outputs(y: torch.Tensor, log_den: Optional[torch.Tensor], k: torch.Tensor, with_log_den: bool):
+    """The three outputs of the forward operators from y and log_den in the accumulation dtype:
+    y in the dtype of k; y_acc, the unrounded y the backward reads when that dtype is narrower (else an
+    empty (0,) tensor: outputs may not alias each other); log_den, or an empty tensor without
+    ``with_log_den`` (inference), as y_acc then."""
+    if not with_log_den:  # (the Triton inference forward writes k's dtype already)
+        empty = y.new_empty(0, dtype=compute_dtype(k))
+        return y.to(k.dtype), empty, empty.new_empty(0)
+    if y.dtype == k.dtype:
+        return y, y.new_empty(0), log_den
+    return y.to(k.dtype), y, log_den
+
+
+def fake_forward_outputs(k: torch.Tensor, with_log_den: bool):
+    """Shapes and dtypes of ``forward_outputs`` (fake kernels)."""
+    acc = compute_dtype(k)
+    if not with_log_den:
+        return k.new_empty(k.shape), k.new_empty(0, dtype=acc), k.new_empty(0, dtype=acc)
+    y_acc = k.new_empty(0 if acc == k.dtype else k.shape, dtype=acc)
+    return k.new_empty(k.shape), y_acc, k.new_empty(k.shape, dtype=acc)
+
+
+def saved_for_backward(ctx, w, u, k, v, output) -> None:
+    """Save the forward's inputs, the accumulation-dtype y and log_den, for the backward operator; the
+    gradient of y alone flows back."""
+    y, y_acc, log_den = output
+    ctx.save_for_backward(w, u, k, v, y if y.dtype == log_den.dtype else y_acc, log_den)
+    ctx.mark_non_differentiable(y_acc, log_den)
+    ctx.set_materialize_grads(False)
+
+
 def _bi_wkv_forward_impl(w, u, k, v, H, W, split, use_triton, with_log_den):
     """Bi-WKV forward as one operator (``torch.compile`` and ``torch.export`` see a single node).
 
@@ -142,35 +171,30 @@ def _bi_wkv_forward_impl(w, u, k, v, H, W, split, use_triton, with_log_den):
         w, u: (C,); k, v: (B, T, C), checked by ``bi_wkv``.
         H, W, split: the scan layout of ``scan_layout``.
         use_triton: run the Triton kernels (CUDA, or the interpreter on CPU), else the PyTorch path.
-        with_log_den: also return the log-denominator the backward needs.
+        with_log_den: also return the log-denominator the backward needs (Triton computes it anyway).
 
     Returns:
-        y: (B, T, C) in ``_forward_dtype`` (the accumulation dtype, float32 or float64 on the PyTorch path
-        for float64 inputs, except that the Triton inference forward writes k's dtype directly);
-        log_den: (B, T, C) in the accumulation dtype, or an empty (0,) tensor without ``with_log_den``.
+        y (B, T, C) in the dtype of k, y_acc and log_den: see ``forward_outputs``; accumulation in
+        ``compute_dtype(k)`` (float32, or float64 on the PyTorch path for float64 inputs).
     """
     if not use_triton:
-        return _torch_forward(w, u, k, v, (H, W), split, with_log_den)
-    from .bi_wkv_triton import bi_wkv_triton_forward
-    with _cuda_guard(k):
-        y, log_den = bi_wkv_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
-                                           v.contiguous(), (H, W), split, with_log_den=with_log_den)
-    return y, (log_den if with_log_den else y.new_empty(0, dtype=compute_dtype(k)))
-
-
-def _forward_dtype(k: torch.Tensor, use_triton: bool, with_log_den: bool) -> torch.dtype:
-    """dtype of the forward op's y: k's own for the Triton inference forward (one write, no conversion)."""
-    return k.dtype if use_triton and not with_log_den else compute_dtype(k)
+        y, log_den = _torch_forward(w, u, k, v, (H, W), split, with_log_den)
+    else:
+        from .bi_wkv_triton import bi_wkv_triton_forward
+        with _cuda_guard(k):
+            y, log_den = bi_wkv_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
+                                               v.contiguous(), (H, W), split, with_log_den=with_log_den)
+    return forward_outputs(y, log_den, k, with_log_den)
 
 
 def _bi_wkv_forward_fake(w, u, k, v, H, W, split, use_triton, with_log_den):
-    y = k.new_empty(k.shape, dtype=_forward_dtype(k, use_triton, with_log_den))
-    return y, k.new_empty(k.shape if with_log_den else (0,), dtype=compute_dtype(k))
+    return fake_forward_outputs(k, with_log_den)
 
 
 def _bi_wkv_backward_impl(w, u, k, v, y, log_den, gy, H, W, split, use_triton):
-    """Gradients of ``bi_wkv_forward``: w, u, k, v, y, log_den (forward inputs and outputs), gy (B, T, C)
-    the gradient of y; the layout and path as the forward. Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
+    """Gradients of ``bi_wkv_forward``: w, u, k, v its inputs; y, log_den (B, T, C) its outputs in the
+    accumulation dtype; gy (B, T, C) the gradient of y (any float dtype); the layout and path as the forward.
+    Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
     if log_den.shape != y.shape:
         raise RuntimeError('bi_wkv: the backward needs the log-denominator, which the forward skipped '
                            '(it ran with grad disabled or on inputs that did not require grad)')
@@ -190,7 +214,7 @@ def _bi_wkv_backward_fake(w, u, k, v, y, log_den, gy, H, W, split, use_triton):
 
 bi_wkv_forward_op = define_op(
     'bi_wkv_forward(Tensor w, Tensor u, Tensor k, Tensor v, SymInt H, SymInt W, SymInt split, bool use_triton, '
-    'bool with_log_den) -> (Tensor y, Tensor log_den)', _bi_wkv_forward_impl, _bi_wkv_forward_fake)
+    'bool with_log_den) -> (Tensor y, Tensor y_acc, Tensor log_den)', _bi_wkv_forward_impl, _bi_wkv_forward_fake)
 bi_wkv_backward_op = define_op(
     'bi_wkv_backward(Tensor w, Tensor u, Tensor k, Tensor v, Tensor y, Tensor log_den, Tensor gy, SymInt H, '
     'SymInt W, SymInt split, bool use_triton) -> (Tensor gw, Tensor gu, Tensor gk, Tensor gv)',
@@ -199,14 +223,11 @@ bi_wkv_backward_op = define_op(
 
 def _setup_context(ctx, inputs, output):
     w, u, k, v, H, W, split, use_triton, _ = inputs
-    y, log_den = output
-    ctx.save_for_backward(w, u, k, v, y, log_den)
+    saved_for_backward(ctx, w, u, k, v, output)
     ctx.layout = (H, W, split, use_triton)
-    ctx.mark_non_differentiable(log_den)
-    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, gy, _):
+def _backward(ctx, gy, *_):
     if gy is None:
         return (None,) * 9
     grads = bi_wkv_backward_op(*ctx.saved_tensors, gy, *ctx.layout)
@@ -250,5 +271,4 @@ def bi_wkv(
     _check_inputs(w, u, k, v)
     (H, W), split = scan_layout(k, grid, order)
     use_triton = _use_triton(k, backend or 'auto')
-    y, _ = bi_wkv_forward_op(w, u, k, v, H, W, split, use_triton, _needs_grad(w, u, k, v))
-    return y.to(k.dtype)
+    return bi_wkv_forward_op(w, u, k, v, H, W, split, use_triton, _needs_grad(w, u, k, v))[0]

@@ -25,7 +25,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .bi_wkv import _LIB, _check_inputs, _cuda_guard, _needs_grad, _use_triton, compute_dtype, define_op, scan_layout
+from .bi_wkv import (_LIB, _check_inputs, _cuda_guard, _needs_grad, _use_triton, compute_dtype, define_op,
+                     fake_forward_outputs, forward_outputs, saved_for_backward, scan_layout)
 from .bi_wkv_torch import _bidirectional, choose_chunk_len, decay_scan, fits_one_chunk, one_chunk_bidirectional
 
 
@@ -122,12 +123,12 @@ def _distance_weighted_grid_sums(z: torch.Tensor, x: torch.Tensor, w: torch.Tens
 
 
 def _bi_wkv_2d_torch_forward(w, u, k, v, grid_hw, with_log_den):
-    """The PyTorch path: y (B, H·W, C) in ``compute_dtype(k)`` and its log-denominator (or an empty tensor)."""
+    """The PyTorch path: y (B, H·W, C) in ``compute_dtype(k)`` and its log-denominator (or None)."""
     w, u, k, v = (t.to(compute_dtype(k)) for t in (w, u, k, v))
     s, l = _grid_sums(k, torch.stack([v, torch.ones_like(v)], dim=-1), w, u, grid_hw)
     num, den = s.unbind(-1)
     y = (num / den).contiguous()
-    return y, ((l + torch.log(den)).contiguous() if with_log_den else y.new_empty(0))
+    return y, ((l + torch.log(den)).contiguous() if with_log_den else None)
 
 
 def _bi_wkv_2d_torch_backward(w, u, k, v, y, log_den, gy, grid_hw):
@@ -154,26 +155,26 @@ def _bi_wkv_2d_forward_impl(w, u, k, v, H, W, use_triton, with_log_den):
         with_log_den: also return the log-denominator the backward needs (Triton computes it anyway).
 
     Returns:
-        y: (B, H·W, C) in ``compute_dtype(k)``; log_den: (B, H·W, C) of the same dtype, or an empty
-        (0,) tensor without ``with_log_den``.
+        y (B, H·W, C) in the dtype of k, y_acc and log_den: see ``forward_outputs``.
     """
     if not use_triton:
-        return _bi_wkv_2d_torch_forward(w, u, k, v, (H, W), with_log_den)
-    from .bi_wkv_2d_triton import bi_wkv_2d_triton_forward
-    with _cuda_guard(k):
-        y, log_den = bi_wkv_2d_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
-                                              v.contiguous(), (H, W))
-    return y, (log_den if with_log_den else y.new_empty(0))
+        y, log_den = _bi_wkv_2d_torch_forward(w, u, k, v, (H, W), with_log_den)
+    else:
+        from .bi_wkv_2d_triton import bi_wkv_2d_triton_forward
+        with _cuda_guard(k):
+            y, log_den = bi_wkv_2d_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
+                                                  v.contiguous(), (H, W))
+    return forward_outputs(y, log_den, k, with_log_den)
 
 
 def _bi_wkv_2d_forward_fake(w, u, k, v, H, W, use_triton, with_log_den):
-    y = k.new_empty(k.shape, dtype=compute_dtype(k))
-    return y, (y.new_empty(k.shape) if with_log_den else y.new_empty(0))
+    return fake_forward_outputs(k, with_log_den)
 
 
 def _bi_wkv_2d_backward_impl(w, u, k, v, y, log_den, gy, H, W, use_triton):
-    """Gradients of ``bi_wkv_2d_forward``: w, u, k, v, y, log_den (forward inputs and outputs), gy (B, H·W, C)
-    the gradient of y; grid and path as the forward. Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
+    """Gradients of ``bi_wkv_2d_forward``: w, u, k, v its inputs; y, log_den (B, H·W, C) its outputs in the
+    accumulation dtype; gy (B, H·W, C) the gradient of y (any float dtype); grid and path as the forward.
+    Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
     if log_den.shape != y.shape:
         raise RuntimeError('bi_wkv_2d: the backward needs the log-denominator, which the forward skipped '
                            '(it ran with grad disabled or on inputs that did not require grad)')
@@ -193,7 +194,8 @@ def _bi_wkv_2d_backward_fake(w, u, k, v, y, log_den, gy, H, W, use_triton):
 
 bi_wkv_2d_forward_op = define_op(
     'bi_wkv_2d_forward(Tensor w, Tensor u, Tensor k, Tensor v, SymInt H, SymInt W, bool use_triton, '
-    'bool with_log_den) -> (Tensor y, Tensor log_den)', _bi_wkv_2d_forward_impl, _bi_wkv_2d_forward_fake)
+    'bool with_log_den) -> (Tensor y, Tensor y_acc, Tensor log_den)', _bi_wkv_2d_forward_impl,
+    _bi_wkv_2d_forward_fake)
 bi_wkv_2d_backward_op = define_op(
     'bi_wkv_2d_backward(Tensor w, Tensor u, Tensor k, Tensor v, Tensor y, Tensor log_den, Tensor gy, SymInt H, '
     'SymInt W, bool use_triton) -> (Tensor gw, Tensor gu, Tensor gk, Tensor gv)',
@@ -202,14 +204,11 @@ bi_wkv_2d_backward_op = define_op(
 
 def _setup_context(ctx, inputs, output):
     w, u, k, v, H, W, use_triton, _ = inputs
-    y, log_den = output
-    ctx.save_for_backward(w, u, k, v, y, log_den)
+    saved_for_backward(ctx, w, u, k, v, output)
     ctx.layout = (H, W, use_triton)
-    ctx.mark_non_differentiable(log_den)
-    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, gy, _):
+def _backward(ctx, gy, *_):
     if gy is None:
         return (None,) * 8
     return bi_wkv_2d_backward_op(*ctx.saved_tensors, gy, *ctx.layout) + (None,) * 4
@@ -234,5 +233,4 @@ def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     _check_inputs(w, u, k, v)
     (H, W), _ = scan_layout(k, grid, 'row')
     use_triton = _use_triton(k, backend or 'auto')
-    y, _ = bi_wkv_2d_forward_op(w, u, k, v, H, W, use_triton, _needs_grad(w, u, k, v))
-    return y.to(k.dtype)
+    return bi_wkv_2d_forward_op(w, u, k, v, H, W, use_triton, _needs_grad(w, u, k, v))[0]

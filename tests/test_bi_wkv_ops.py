@@ -134,8 +134,9 @@ def opcheck_forward_and_backward(forward, backward, inputs, layout):
     backward on the forward's outputs."""
     torch.library.opcheck(forward, (*inputs, *layout, True))
     detached = [t.detach() for t in inputs]
-    y, log_den = forward(*detached, *layout, True)
-    torch.library.opcheck(backward, (*detached, y, log_den, torch.randn_like(y), *layout))
+    y, y_acc, log_den = forward(*detached, *layout, True)
+    y_acc = y_acc if y_acc.numel() else y  # y itself when it is in the accumulation dtype
+    torch.library.opcheck(backward, (*detached, y_acc, log_den, torch.randn_like(y), *layout))
 
 
 def test_opcheck_torch_path():
@@ -147,9 +148,12 @@ def test_opcheck_torch_path():
     float64 = [t.detach().double().requires_grad_() for t in (w, u, k, v)]
     torch.library.opcheck(OPS.bi_wkv_forward, (*float64, *GRID, 3, False, True))
     torch.library.opcheck(OPS.bi_wkv_2d_forward, (*float64, *GRID, False, True))
-    half = [w.detach(), u.detach(), k.detach().bfloat16(), v.detach().bfloat16()]  # inference: no log-den
-    torch.library.opcheck(OPS.bi_wkv_forward, (*half, *GRID, 3, False, False))
-    torch.library.opcheck(OPS.bi_wkv_2d_forward, (*half, *GRID, False, False))
+    half = [w, u, k.detach().bfloat16().requires_grad_(), v.detach().bfloat16().requires_grad_()]
+    opcheck_forward_and_backward(OPS.bi_wkv_forward, OPS.bi_wkv_backward, half, (*GRID, 3, False))
+    opcheck_forward_and_backward(OPS.bi_wkv_2d_forward, OPS.bi_wkv_2d_backward, half, (*GRID, False))
+    inference = [t.detach() for t in half]
+    torch.library.opcheck(OPS.bi_wkv_forward, (*inference, *GRID, 3, False, False))
+    torch.library.opcheck(OPS.bi_wkv_2d_forward, (*inference, *GRID, False, False))
 
 
 def test_opcheck_triton_path():
@@ -167,11 +171,14 @@ def test_fake_kernels_give_shapes_and_dtypes(dtype):
     with FakeTensorMode():
         w, u = torch.empty(C), torch.empty(C)
         k, v = torch.empty(B, T, C, dtype=dtype), torch.empty(B, T, C, dtype=dtype)
-        for with_log_den, ld_shape in ((True, (B, T, C)), (False, (0,))):
-            y, log_den = OPS.bi_wkv_forward(w, u, k, v, *GRID, 3, False, with_log_den)
-            assert (y.shape, y.dtype, log_den.shape, log_den.dtype) == ((B, T, C), compute, ld_shape, compute)
-            y, log_den = OPS.bi_wkv_2d_forward(w, u, k, v, *GRID, False, with_log_den)
-            assert (y.shape, y.dtype, log_den.shape, log_den.dtype) == ((B, T, C), compute, ld_shape, compute)
+        for with_log_den in (True, False):
+            # y in the dtype of k; y unrounded (when rounded) and the log-denominator for the backward
+            y_acc_shape = (B, T, C) if with_log_den and dtype != compute else (0,)
+            expected = ((B, T, C), dtype), (y_acc_shape, compute), ((B, T, C) if with_log_den else (0,), compute)
+            for outputs in (OPS.bi_wkv_forward(w, u, k, v, *GRID, 3, False, with_log_den),
+                            OPS.bi_wkv_2d_forward(w, u, k, v, *GRID, False, with_log_den)):
+                assert tuple((t.shape, t.dtype) for t in outputs) == expected
+        y = torch.empty(B, T, C, dtype=compute)
         for grads in (OPS.bi_wkv_backward(w, u, k, v, y, y, y, *GRID, 3, False),
                       OPS.bi_wkv_2d_backward(w, u, k, v, y, y, y, *GRID, False)):
             assert [(g.shape, g.dtype) for g in grads] == [(t.shape, t.dtype) for t in (w, u, k, v)]
@@ -184,10 +191,10 @@ def test_fake_kernels_give_shapes_and_dtypes(dtype):
 
 def test_backward_without_log_denominator_is_a_clear_error():
     w, u, k, v = make_inputs(requires_grad=False)
-    y, log_den = OPS.bi_wkv_forward(w, u, k, v, *GRID, 6, False, False)
+    y, _, log_den = OPS.bi_wkv_forward(w, u, k, v, *GRID, 6, False, False)
     with pytest.raises(RuntimeError, match='log-denominator'):
         OPS.bi_wkv_backward(w, u, k, v, y, log_den, torch.ones_like(y), *GRID, 6, False)
-    y, log_den = OPS.bi_wkv_2d_forward(w, u, k, v, *GRID, False, False)
+    y, _, log_den = OPS.bi_wkv_2d_forward(w, u, k, v, *GRID, False, False)
     with pytest.raises(RuntimeError, match='log-denominator'):
         OPS.bi_wkv_2d_backward(w, u, k, v, y, log_den, torch.ones_like(y), *GRID, False)
 
