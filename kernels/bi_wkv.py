@@ -84,6 +84,26 @@ def _cuda_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def launch_triton(host_fn, w, u, k, v, *args, **kwargs):
+    """Call a Triton host function with fp32 contiguous w, u and contiguous k, v (then ``args``), under
+    k's CUDA device guard."""
+    with _cuda_guard(k):
+        return host_fn(w.float().contiguous(), u.float().contiguous(), k.contiguous(), v.contiguous(),
+                       *args, **kwargs)
+
+
+def check_log_den(op: str, y: torch.Tensor, log_den: torch.Tensor) -> None:
+    """The backward operators need the forward's log-denominator: a clear error when it was skipped."""
+    if log_den.shape != y.shape:
+        raise RuntimeError(f'{op}: the backward needs the log-denominator, which the forward skipped '
+                           '(it ran with grad disabled or on inputs that did not require grad)')
+
+
+def grads_like(grads, inputs):
+    """Gradients (gw, gu, gk, gv) in the dtypes of the inputs (w, u, k, v), contiguous."""
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, inputs))
+
+
 def _to_scan_order(x: torch.Tensor, grid_hw: Tuple[int, int], split: int) -> torch.Tensor:
     """(B, T, C) tokens with the lanes from ``split`` on permuted to column-major (PyTorch path)."""
     if split == x.shape[-1]:
@@ -181,9 +201,7 @@ def _bi_wkv_forward_impl(w, u, k, v, H, W, split, use_triton, with_log_den):
         y, log_den = _torch_forward(w, u, k, v, (H, W), split, with_log_den)
     else:
         from .bi_wkv_triton import bi_wkv_triton_forward
-        with _cuda_guard(k):
-            y, log_den = bi_wkv_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
-                                               v.contiguous(), (H, W), split, with_log_den=with_log_den)
+        y, log_den = launch_triton(bi_wkv_triton_forward, w, u, k, v, (H, W), split, with_log_den=with_log_den)
     return forward_outputs(y, log_den, k, with_log_den)
 
 
@@ -195,17 +213,13 @@ def _bi_wkv_backward_impl(w, u, k, v, y, log_den, gy, H, W, split, use_triton):
     """Gradients of ``bi_wkv_forward``: w, u, k, v its inputs; y, log_den (B, T, C) its outputs in the
     accumulation dtype; gy (B, T, C) the gradient of y (any float dtype); the layout and path as the forward.
     Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
-    if log_den.shape != y.shape:
-        raise RuntimeError('bi_wkv: the backward needs the log-denominator, which the forward skipped '
-                           '(it ran with grad disabled or on inputs that did not require grad)')
+    check_log_den('bi_wkv', y, log_den)
     if use_triton:
         from .bi_wkv_triton import bi_wkv_triton_backward
-        with _cuda_guard(k):
-            grads = bi_wkv_triton_backward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
-                                           v.contiguous(), y, log_den, gy.contiguous(), (H, W), split)
+        grads = launch_triton(bi_wkv_triton_backward, w, u, k, v, y, log_den, gy.contiguous(), (H, W), split)
     else:
         grads = _torch_backward(w, u, k, v, y, log_den, gy, (H, W), split)
-    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (w, u, k, v)))
+    return grads_like(grads, (w, u, k, v))
 
 
 def _bi_wkv_backward_fake(w, u, k, v, y, log_den, gy, H, W, split, use_triton):

@@ -25,8 +25,9 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .bi_wkv import (_LIB, _check_inputs, _cuda_guard, _needs_grad, _use_triton, compute_dtype, define_op,
-                     fake_forward_outputs, forward_outputs, saved_for_backward, scan_layout)
+from .bi_wkv import (_LIB, _check_inputs, _needs_grad, _use_triton, check_log_den, compute_dtype, define_op,
+                     fake_forward_outputs, forward_outputs, grads_like, launch_triton, saved_for_backward,
+                     scan_layout)
 from .bi_wkv_torch import _bidirectional, choose_chunk_len, decay_scan, fits_one_chunk, one_chunk_bidirectional
 
 
@@ -161,9 +162,7 @@ def _bi_wkv_2d_forward_impl(w, u, k, v, H, W, use_triton, with_log_den):
         y, log_den = _bi_wkv_2d_torch_forward(w, u, k, v, (H, W), with_log_den)
     else:
         from .bi_wkv_2d_triton import bi_wkv_2d_triton_forward
-        with _cuda_guard(k):
-            y, log_den = bi_wkv_2d_triton_forward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
-                                                  v.contiguous(), (H, W))
+        y, log_den = launch_triton(bi_wkv_2d_triton_forward, w, u, k, v, (H, W))
     return forward_outputs(y, log_den, k, with_log_den)
 
 
@@ -175,17 +174,13 @@ def _bi_wkv_2d_backward_impl(w, u, k, v, y, log_den, gy, H, W, use_triton):
     """Gradients of ``bi_wkv_2d_forward``: w, u, k, v its inputs; y, log_den (B, H·W, C) its outputs in the
     accumulation dtype; gy (B, H·W, C) the gradient of y (any float dtype); grid and path as the forward.
     Returns gw, gu, gk, gv in the dtypes of w, u, k, v."""
-    if log_den.shape != y.shape:
-        raise RuntimeError('bi_wkv_2d: the backward needs the log-denominator, which the forward skipped '
-                           '(it ran with grad disabled or on inputs that did not require grad)')
+    check_log_den('bi_wkv_2d', y, log_den)
     if use_triton:
         from .bi_wkv_2d_triton import bi_wkv_2d_triton_backward
-        with _cuda_guard(k):
-            grads = bi_wkv_2d_triton_backward(w.float().contiguous(), u.float().contiguous(), k.contiguous(),
-                                              v.contiguous(), y, log_den, gy.contiguous(), (H, W))
+        grads = launch_triton(bi_wkv_2d_triton_backward, w, u, k, v, y, log_den, gy.contiguous(), (H, W))
     else:
         grads = _bi_wkv_2d_torch_backward(w, u, k, v, y, log_den, gy, (H, W))
-    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (w, u, k, v)))
+    return grads_like(grads, (w, u, k, v))
 
 
 def _bi_wkv_2d_backward_fake(w, u, k, v, y, log_den, gy, H, W, use_triton):
