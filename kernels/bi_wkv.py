@@ -6,11 +6,13 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .bi_wkv_official import official_backward, official_forward
 from .bi_wkv_torch import bi_wkv_torch_backward, bi_wkv_torch_forward
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BACKENDS = ('auto', 'triton', 'torch')
 _ORDERS = ('row', 'col', 'cross')
+_FORMULAS = ('paper', 'official')
 
 
 def _check_inputs(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -251,6 +253,71 @@ def _backward(ctx, gy, *_):
 torch.library.register_autograd('vision_rwkv::bi_wkv_forward', _backward, setup_context=_setup_context, lib=_LIB)
 
 
+def _official_eq5(k: torch.Tensor, use_triton: bool):
+    """(forward, backward) of the Eq. 5 part of the official operator (``bi_wkv_official``) on the chosen
+    path, taking w, u in the accumulation dtype and k, v as given; results in the accumulation dtype."""
+    T, C = k.shape[1:]
+    if use_triton:
+        from .bi_wkv_triton import bi_wkv_triton_backward, bi_wkv_triton_forward
+        return (lambda w, u, k, v: launch_triton(bi_wkv_triton_forward, w, u, k, v, (1, T), C),
+                lambda w, u, k, v, y, log_den, gy: launch_triton(
+                    bi_wkv_triton_backward, w, u, k, v, y, log_den, gy.contiguous(), (1, T), C))
+    acc = compute_dtype(k)
+    cast = lambda t: t.to(acc).contiguous()
+    return (lambda w, u, k, v: bi_wkv_torch_forward(w, u, cast(k), cast(v)),
+            lambda w, u, k, v, y, log_den, gy: bi_wkv_torch_backward(w, u, cast(k), cast(v), y, log_den, cast(gy)))
+
+
+def _bi_wkv_official_forward_impl(w, u, k, v, use_triton, with_log_den):
+    """The official operator's forward (``bi_wkv_official``), outputs as ``_bi_wkv_forward_impl``."""
+    acc = compute_dtype(k)
+    forward, _ = _official_eq5(k, use_triton)
+    y, log_den = official_forward(w.to(acc), u.to(acc), k.contiguous(), v.contiguous(), forward)
+    return forward_outputs(y, log_den if with_log_den else None, k, with_log_den)
+
+
+def _bi_wkv_official_forward_fake(w, u, k, v, use_triton, with_log_den):
+    return fake_forward_outputs(k, with_log_den)
+
+
+def _bi_wkv_official_backward_impl(w, u, k, v, y, log_den, gy, use_triton):
+    """Exact gradients of ``bi_wkv_official_forward`` (see ``_bi_wkv_backward_impl``)."""
+    check_log_den('bi_wkv', y, log_den)
+    acc = compute_dtype(k)
+    _, backward = _official_eq5(k, use_triton)
+    grads = official_backward(w.to(acc), u.to(acc), k.contiguous(), v.contiguous(), y, log_den, gy, backward)
+    return grads_like(grads, (w, u, k, v))
+
+
+def _bi_wkv_official_backward_fake(w, u, k, v, y, log_den, gy, use_triton):
+    return tuple(t.new_empty(t.shape) for t in (w, u, k, v))
+
+
+bi_wkv_official_forward_op = define_op(
+    'bi_wkv_official_forward(Tensor w, Tensor u, Tensor k, Tensor v, bool use_triton, bool with_log_den) '
+    '-> (Tensor y, Tensor y_acc, Tensor log_den)', _bi_wkv_official_forward_impl, _bi_wkv_official_forward_fake)
+bi_wkv_official_backward_op = define_op(
+    'bi_wkv_official_backward(Tensor w, Tensor u, Tensor k, Tensor v, Tensor y, Tensor log_den, Tensor gy, '
+    'bool use_triton) -> (Tensor gw, Tensor gu, Tensor gk, Tensor gv)',
+    _bi_wkv_official_backward_impl, _bi_wkv_official_backward_fake)
+
+
+def _official_setup_context(ctx, inputs, output):
+    w, u, k, v, use_triton, _ = inputs
+    saved_for_backward(ctx, w, u, k, v, output)
+    ctx.use_triton = use_triton
+
+
+def _official_backward(ctx, gy, *_):
+    if gy is None:
+        return (None,) * 6
+    return bi_wkv_official_backward_op(*ctx.saved_tensors, gy, ctx.use_triton) + (None, None)
+
+
+torch.library.register_autograd('vision_rwkv::bi_wkv_official_forward', _official_backward,
+                                setup_context=_official_setup_context, lib=_LIB)
+
+
 def bi_wkv(
         w: torch.Tensor,
         u: torch.Tensor,
@@ -259,6 +326,7 @@ def bi_wkv(
         backend: Optional[str] = None,
         grid: Optional[Sequence[int]] = None,
         order: str = 'row',
+        formula: str = 'paper',
 ) -> torch.Tensor:
     """Bidirectional WKV of Vision-RWKV.
 
@@ -278,6 +346,9 @@ def bi_wkv(
             'col' (column-major) or 'cross' (channels below C // 2 row-major, the others
             column-major). The Triton kernels read column-major tokens by index arithmetic on the
             row-major tensors; the PyTorch path permutes copies.
+        formula: 'paper' (Eq. 5 above) or 'official': the arithmetic of the official CUDA kernels, which
+            the released checkpoints were trained with (segments of ceil(T / 32) tokens with their own
+            weights, see ``kernels.bi_wkv_official``; raster order only). Both are O(T), forward and backward.
 
     Returns:
         (B, T, C) tensor in the dtype of k. Accumulation is in fp32 (fp64 for fp64 inputs).
@@ -285,4 +356,11 @@ def bi_wkv(
     _check_inputs(w, u, k, v)
     (H, W), split = scan_layout(k, grid, order)
     use_triton = _use_triton(k, backend or 'auto')
+    if formula not in _FORMULAS:
+        raise ValueError(f'bi_wkv: formula must be one of {_FORMULAS}, got {formula!r}')
+    if formula == 'official':
+        if order != 'row':
+            raise ValueError(f"bi_wkv: formula='official' exists for the raster order only (order='row'), "
+                             f'got order={order!r}')
+        return bi_wkv_official_forward_op(w, u, k, v, use_triton, _needs_grad(w, u, k, v))[0]
     return bi_wkv_forward_op(w, u, k, v, H, W, split, use_triton, _needs_grad(w, u, k, v))[0]

@@ -100,3 +100,40 @@ def bi_wkv_2d_reference(
     diag = torch.eye(T, dtype=torch.bool, device=k.device)[None, :, :, None]
     logits = torch.where(diag, (u + k)[:, None, :, :].expand_as(logits), logits)
     return (torch.softmax(logits, dim=2) * v[:, None, :, :]).sum(dim=2)
+
+
+#: Lanes of a warp in the official CUDA kernels: each owns one segment of ceil(T / 32) tokens.
+OFFICIAL_SEGMENTS = 32
+
+
+def official_weights(w: torch.Tensor, u: torch.Tensor, T: int) -> torch.Tensor:
+    """(T, T, C) float64 weights W[t, i] of the official Vision-RWKV kernels: y_t = Σ_i W[t, i] e^{k_i} v_i
+    / Σ_i W[t, i] e^{k_i}.
+
+    The kernels split T into segments of L = ceil(T / 32) tokens; for t in the segment starting at s:
+    e^{-(i-t)w} for i > t; e^{-(t-i)w} for i < s; e^{-(t-i-1)w} for i = s < t;
+    e^{-(t-i-1)w} + (1 - e^w) e^{(t-i)w} for s < i < t; e^u on the diagonal, plus 1 - e^w when t > s.
+    (Eq. 5 of the paper has e^{-(|t-i|-1)w} off the diagonal and e^u on it.) The kernels' EPS = 1e-6 in
+    the max-scaled denominator is left out.
+    """
+    w, u = w.double(), u.double()
+    pos = torch.arange(T, device=w.device)
+    seg = -(-T // OFFICIAL_SEGMENTS)
+    t, i = pos[:, None], pos[None, :]
+    s = (t // seg) * seg  # segment start of the output token
+    d = (t - i).double()[..., None]  # (T, T, 1)
+    inside = ((i >= s) & (i < t))[..., None]
+    weights = torch.where((i < s)[..., None] | (i > t)[..., None], torch.exp(-d.abs() * w), torch.zeros(()))
+    weights = weights + torch.where(inside, torch.exp(-(d - 1) * w), torch.zeros(()))
+    weights = weights + torch.where((inside & (i > s)[..., None]) | (i == t)[..., None] & (t > s)[..., None],
+                                    -torch.expm1(w) * torch.exp(d * w), torch.zeros(()))
+    return weights + torch.where((i == t)[..., None], torch.exp(u), torch.zeros(()))
+
+
+def bi_wkv_official_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Bi-WKV of the official kernels (``official_weights``) in float64, (B, T, C). Differentiable."""
+    k, v = k.double(), v.double()
+    weights = official_weights(w, u, k.shape[1])  # (T, T, C)
+    e = torch.exp(k - k.amax(dim=1, keepdim=True))  # the same scale for numerator and denominator
+    num = torch.einsum('tic,bic->btc', weights, e * v)
+    return num / torch.einsum('tic,bic->btc', weights, e)
