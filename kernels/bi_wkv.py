@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .bi_wkv_official import official_backward, official_forward
+from .bi_wkv_official import official_backward, official_forward, segment_length
 from .bi_wkv_torch import bi_wkv_torch_backward, bi_wkv_torch_forward
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -253,26 +253,35 @@ def _backward(ctx, gy, *_):
 torch.library.register_autograd('vision_rwkv::bi_wkv_forward', _backward, setup_context=_setup_context, lib=_LIB)
 
 
-def _official_eq5(k: torch.Tensor, use_triton: bool):
-    """(forward, backward) of the Eq. 5 part of the official operator (``bi_wkv_official``) on the chosen
-    path, taking w, u in the accumulation dtype and k, v as given; results in the accumulation dtype."""
+def _official_parts(k: torch.Tensor, use_triton: bool):
+    """Keyword arguments of ``official_forward`` and ``official_backward`` for the chosen path: the Eq. 5
+    part and the local terms, taking w, u in the accumulation dtype and k, v as given."""
     T, C = k.shape[1:]
     if use_triton:
+        from .bi_wkv_official_triton import official_local_triton_backward, official_local_triton_forward
         from .bi_wkv_triton import bi_wkv_triton_backward, bi_wkv_triton_forward
-        return (lambda w, u, k, v: launch_triton(bi_wkv_triton_forward, w, u, k, v, (1, T), C),
-                lambda w, u, k, v, y, log_den, gy: launch_triton(
-                    bi_wkv_triton_backward, w, u, k, v, y, log_den, gy.contiguous(), (1, T), C))
+        seg = segment_length(T)
+        return (dict(eq5_forward=lambda w, u, k, v: launch_triton(bi_wkv_triton_forward, w, u, k, v, (1, T), C),
+                     local_forward=lambda w, k, v, y5, ld5: official_local_triton_forward(
+                         w.float().contiguous(), k, v, y5, ld5, seg)),
+                dict(eq5_backward=lambda w, u, k, v, y, log_den, gy: launch_triton(
+                         bi_wkv_triton_backward, w, u, k, v, y, log_den, gy.contiguous(), (1, T), C),
+                     local_backward=lambda w, k, v, y, ld, gy, gk, gv: official_local_triton_backward(
+                         w.float().contiguous(), k, v, y, ld, gy.contiguous(), gk.contiguous(), gv.contiguous(),
+                         seg)))
     acc = compute_dtype(k)
     cast = lambda t: t.to(acc).contiguous()
-    return (lambda w, u, k, v: bi_wkv_torch_forward(w, u, cast(k), cast(v)),
-            lambda w, u, k, v, y, log_den, gy: bi_wkv_torch_backward(w, u, cast(k), cast(v), y, log_den, cast(gy)))
+    return (dict(eq5_forward=lambda w, u, k, v: bi_wkv_torch_forward(w, u, cast(k), cast(v))),
+            dict(eq5_backward=lambda w, u, k, v, y, log_den, gy: bi_wkv_torch_backward(
+                w, u, cast(k), cast(v), y, log_den, cast(gy))))
 
 
 def _bi_wkv_official_forward_impl(w, u, k, v, use_triton, with_log_den):
-    """The official operator's forward (``bi_wkv_official``), outputs as ``_bi_wkv_forward_impl``."""
+    """The official operator's forward (``kernels.bi_wkv_official``), outputs as ``_bi_wkv_forward_impl``."""
     acc = compute_dtype(k)
-    forward, _ = _official_eq5(k, use_triton)
-    y, log_den = official_forward(w.to(acc), u.to(acc), k.contiguous(), v.contiguous(), forward)
+    with _cuda_guard(k):
+        y, log_den = official_forward(w.to(acc), u.to(acc), k.contiguous(), v.contiguous(),
+                                      **_official_parts(k, use_triton)[0])
     return forward_outputs(y, log_den if with_log_den else None, k, with_log_den)
 
 
@@ -284,8 +293,9 @@ def _bi_wkv_official_backward_impl(w, u, k, v, y, log_den, gy, use_triton):
     """Exact gradients of ``bi_wkv_official_forward`` (see ``_bi_wkv_backward_impl``)."""
     check_log_den('bi_wkv', y, log_den)
     acc = compute_dtype(k)
-    _, backward = _official_eq5(k, use_triton)
-    grads = official_backward(w.to(acc), u.to(acc), k.contiguous(), v.contiguous(), y, log_den, gy, backward)
+    with _cuda_guard(k):
+        grads = official_backward(w.to(acc), u.to(acc), k.contiguous(), v.contiguous(), y, log_den, gy,
+                                  **_official_parts(k, use_triton)[1])
     return grads_like(grads, (w, u, k, v))
 
 

@@ -110,17 +110,11 @@ def _local_coefs(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return -torch.expm1(-w), -torch.expm1(w)
 
 
-def official_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     eq5_forward=bi_wkv_torch_forward) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Forward of the official operator: y and log den (B, T, C) in the accumulation dtype.
-
-    ``eq5_forward(w, u, k, v)`` -> (y, log den) in the accumulation dtype runs the Eq. 5 part (PyTorch by
-    default; the Triton kernels on CUDA); the local scans run in PyTorch, in that dtype. w, u (C,) in it,
-    k, v (B, T, C) contiguous.
-    """
+def local_torch_forward(w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y5: torch.Tensor,
+                        log_den5: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """y, log den (B, T, C) of the official operator from the Eq. 5 part's y5, log den5: the local scans in
+    PyTorch (any device), in the dtype of y5."""
     B, T, C = k.shape
-    y5, log_den5 = eq5_forward(w, u + w, k, v)
-    k, v = k.to(y5.dtype), v.to(y5.dtype)
     L = segment_length(T)
     alpha, beta = _local_coefs(w)
     z = _segments(k, L, -math.inf)
@@ -129,6 +123,18 @@ def official_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
     offset = _segments(w - log_den5, L, 0.)
     nu, rho = _unsegment(_combine((lin, grow), (alpha, beta), offset), B, T).unbind(-1)
     return (y5 + nu) / (1 + rho), log_den5 - w + torch.log1p(rho)
+
+
+def official_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     eq5_forward=bi_wkv_torch_forward, local_forward=local_torch_forward):
+    """Forward of the official operator: y and log den (B, T, C) in the accumulation dtype.
+
+    ``eq5_forward(w, u, k, v)`` -> (y, log den) runs the Eq. 5 part and ``local_forward(w, k, v, y5,
+    log_den5)`` -> (y, log den) adds the local terms (both PyTorch by default, Triton on CUDA). w, u (C,) in
+    the accumulation dtype, k, v (B, T, C) contiguous.
+    """
+    y5, log_den5 = eq5_forward(w, u + w, k, v)
+    return local_forward(w, k.to(y5.dtype), v.to(y5.dtype), y5, log_den5)
 
 
 def _transposed_local(w: torch.Tensor, k: torch.Tensor, log_den: torch.Tensor, gx: torch.Tensor, L: int):
@@ -147,21 +153,12 @@ def _transposed_local(w: torch.Tensor, k: torch.Tensor, log_den: torch.Tensor, g
     return _unsegment(local.flip(1), B, T)
 
 
-def official_backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
-                      log_den: torch.Tensor, gy: torch.Tensor, eq5_backward=bi_wkv_torch_backward):
-    """Exact gradients (gw, gu, gk, gv) of ``official_forward`` from its y and log den (B, T, C), in the
-    accumulation dtype of y.
-
-    ``eq5_backward(w, u, k, v, y, log_den, gy)`` runs the Eq. 5 part (PyTorch by default, Triton on CUDA).
-    """
+def local_torch_backward(w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
+                         log_den: torch.Tensor, gy: torch.Tensor, gk5: torch.Tensor, gv5: torch.Tensor):
+    """(gw_local (C,), gk, gv (B, T, C)): the local terms' gradients, gk and gv added to the Eq. 5 part's."""
     B, T, C = k.shape
-    gw, gu, gk, gv = (g.to(y.dtype) for g in eq5_backward(w, u + w, k, v, y, log_den + w, gy))
-    k, v, gy = k.to(y.dtype), v.to(y.dtype), gy.to(y.dtype)
-    gw = gw - (gk.sum(dim=(0, 1)) - gu)
     L = segment_length(T)
     gv_local, s2 = _transposed_local(w, k, log_den, torch.stack([gy, gy * y], -1), L).unbind(-1)
-    gv = gv + gv_local
-    gk = gk + v * gv_local - s2
 
     # gw: Σ_t q_t (∂N_t - y_t ∂D_t), ∂ the w-derivative of the local sums of (e^k v, e^k)
     alpha, beta = _local_coefs(w)
@@ -170,5 +167,19 @@ def official_backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torc
     parts = _segment_scans(z, x, w, weighted=True)
     coefs = (torch.exp(-w), -torch.exp(w), -alpha, beta)
     d_num, d_den = _unsegment(_combine(parts, coefs, _segments(-log_den, L, 0.)), B, T).unbind(-1)
-    gw = gw + (gy * (d_num - y * d_den)).sum(dim=(0, 1))
-    return gw, gu, gk, gv
+    return (gy * (d_num - y * d_den)).sum(dim=(0, 1)), gk5 + v * gv_local - s2, gv5 + gv_local
+
+
+def official_backward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
+                      log_den: torch.Tensor, gy: torch.Tensor, eq5_backward=bi_wkv_torch_backward,
+                      local_backward=local_torch_backward):
+    """Exact gradients (gw, gu, gk, gv) of ``official_forward`` from its y and log den (B, T, C), in the
+    accumulation dtype of y.
+
+    ``eq5_backward(w, u, k, v, y, log_den, gy)`` runs the Eq. 5 part and ``local_backward`` (as
+    ``local_torch_backward``) the local terms (PyTorch by default, Triton on CUDA).
+    """
+    gw, gu, gk, gv = (g.to(y.dtype) for g in eq5_backward(w, u + w, k, v, y, log_den + w, gy))
+    gw = gw - (gk.sum(dim=(0, 1)) - gu)
+    gw_local, gk, gv = local_backward(w, k.to(y.dtype), v.to(y.dtype), y, log_den, gy.to(y.dtype), gk, gv)
+    return gw + gw_local, gu, gk, gv

@@ -97,6 +97,15 @@ def test_triton_path(T, dtype, tol_y, tol_g):
     _check_grads('triton', T, 33, dtype, tol_y, tol_g, device=TRITON_DEVICE)
 
 
+@pytest.mark.parametrize('T', [7, 70])
+def test_triton_path_carries_across_tiles(monkeypatch, T):
+    """Tiles of 2 tokens: segments of 1 (T = 7) and 3 tokens (T = 70) walk 1 and 2 tiles, so the carries
+    between tiles (both directions, with distance sums) are exercised."""
+    from vision_rwkv.kernels import bi_wkv_official_triton
+    monkeypatch.setattr(bi_wkv_official_triton, 'TILE', 2)
+    _check_grads('triton', T, 5, torch.float32, 1e-5, 1e-4, device=TRITON_DEVICE)
+
+
 def test_inference_skips_log_den_and_matches_training_forward():
     w, u, k, v = make_inputs(2, 50, 8, dtype=torch.float32)
     with torch.inference_mode():

@@ -31,10 +31,13 @@ _DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 def recorded_launches():
     """Every kernel launch the Bi-WKV host functions make at (B, H·W, C) on meta tensors (nothing runs):
     (kernel, positional args, keyword args). Raster and cross order, training and inference forward,
-    backward; 1D and 2D."""
+    backward; 1D and 2D; the official formula's segment kernels."""
     from triton.runtime.jit import JITFunction
 
     from vision_rwkv.kernels.bi_wkv_2d_triton import bi_wkv_2d_triton_backward, bi_wkv_2d_triton_forward
+    from vision_rwkv.kernels.bi_wkv_official import segment_length
+    from vision_rwkv.kernels.bi_wkv_official_triton import (official_local_triton_backward,
+                                                            official_local_triton_forward)
     from vision_rwkv.kernels.bi_wkv_triton import bi_wkv_triton_backward, bi_wkv_triton_forward
 
     T = H * W
@@ -55,6 +58,8 @@ def recorded_launches():
             bi_wkv_triton_backward(w, u, k, v, y, log_den, gy, (H, W), split)
         bi_wkv_2d_triton_forward(w, u, k, v, (H, W))
         bi_wkv_2d_triton_backward(w, u, k, v, y, log_den, gy, (H, W))
+        official_local_triton_forward(w, k, v, y, log_den, segment_length(T))
+        official_local_triton_backward(w, k, v, y, log_den, gy, y, y, segment_length(T))
     finally:
         JITFunction.__getitem__ = original
     return launches
