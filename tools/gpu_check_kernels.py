@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from vision_rwkv.kernels import bi_wkv, bi_wkv_2d, bi_wkv_2d_reference, bi_wkv_reference, bi_wkv_scan_reference
+from vision_rwkv.kernels.reference import bi_wkv_official_reference
 
 OPS = ('row', 'col', 'cross', '2d')
 GRAD_NAMES = ('gw', 'gu', 'gk', 'gv')
@@ -102,14 +103,16 @@ def make_inputs(case: Case, device: torch.device) -> List[torch.Tensor]:
     """Leaves (w, u, k, v): w, u (C,) fp32; k, v (B, T, C) in the case's dtype and layout.
 
     Even channels decay as the models' learned decays do (spatial_decay / n with a total decay in
-    ±10 over the sequence: n = T, or H + W for 2D), odd channels decay fast (0.05 to 1 per token).
+    ±10 over the sequence: n = T, or H + W for 2D), odd channels decay fast (0.05 to 1 per token), except
+    for the official formula, whose segment weights turn negative when a segment decays by more than ~1:
+    all its channels decay as the models'.
     """
     B, T, C = case.B, case.T, case.C
     n = case.grid[0] + case.grid[1] if case.op == '2d' else T
     lanes = torch.arange(C, device=device)
     long_range = (torch.rand(C, device=device) * 20 - 10) / n
     local = torch.rand(C, device=device) * 0.95 + 0.05
-    w = torch.where(lanes % 2 == 0, long_range, local)
+    w = torch.where((lanes % 2 == 0) | (case.op == 'official'), long_range, local)
     u = torch.randn(C, device=device)
     k = _in_layout(case, device, scale=2.)
     v = _in_layout(case, device, scale=1.)
@@ -140,7 +143,7 @@ def pick(n: int, count: int, must: Sequence[int], device: torch.device) -> torch
 # ---- references -------------------------------------------------------------------------------
 def column_major_lanes(op: str, C: int) -> torch.Tensor:
     """(C,) bool: the channels that scan column-major ('col': all, 'cross': from C // 2 on; none for 'row', '2d')."""
-    split = {'row': C, 'col': 0, 'cross': C // 2, '2d': C}[op]
+    split = {'row': C, 'col': 0, 'cross': C // 2, '2d': C, 'official': C}[op]
     return torch.arange(C) >= split
 
 
@@ -185,6 +188,8 @@ def reference(case: Case, w, u, k, v, rows: Optional[torch.Tensor], col_major: t
     """float64 y[:, rows] of the case's op: the library references when all of y is needed, else the
     row-subset forms above. ``col_major``: (C,) bool, the channels of w, u, k, v that scan column-major
     (the caller may have kept only some channels)."""
+    if case.op == 'official':  # full reference only (the cases keep T small enough)
+        return bi_wkv_official_reference(w, u, k, v)
     if case.op == '2d':
         if rows is None:
             return bi_wkv_2d_reference(w, u, k, v, case.grid)
@@ -198,6 +203,8 @@ def reference(case: Case, w, u, k, v, rows: Optional[torch.Tensor], col_major: t
 
 # ---- running a case ---------------------------------------------------------------------------
 def run_op(case: Case, w, u, k, v) -> torch.Tensor:
+    if case.op == 'official':
+        return bi_wkv(w, u, k, v, backend='triton', formula='official')
     if case.op == '2d':
         return bi_wkv_2d(w, u, k, v, case.grid, backend='triton')
     return bi_wkv(w, u, k, v, backend='triton', grid=case.grid, order=case.op)
@@ -324,7 +331,13 @@ def kernel_cases(mode: str) -> List[Case]:
     # non-contiguous inputs (the wrappers copy them)
     layouts = [Case('row', BF16, B, grid, C, layout='transposed'), Case('cross', FP32, B, grid, C, layout='strided'),
                Case('2d', BF16, B, grid, C, layout='transposed')]
+    # the official formula (raster, segments of ceil(T / 32) tokens): the main shape, and T = 2048 (segments
+    # of 64 tokens, two tiles each) against the full reference
+    official = [Case('official', FP32, B, grid, C), Case('official', BF16, B, grid, C)]
+    if mode != 'smoke':
+        official.append(Case('official', FP32, 1, (32, 64), C))
     return ([Case(op, FP32, B, grid, C) for op in OPS]
+            + official
             + [Case(op, dtype, B, grid, C) for dtype, op in s.half]
             + layouts[:s.layouts]
             + huge[:1]
