@@ -60,7 +60,8 @@ def test_official_parameter_names():
     assert layer0 == expected
     top = {k for k in model.state_dict() if not k.startswith('layers.')}
     assert top == {'patch_embed.projection.weight', 'patch_embed.projection.bias', 'pos_embed',
-                   'ln1.weight', 'ln1.bias', 'head.weight', 'head.bias'}
+                   'ln1.weight', 'ln1.bias', 'head.weight', 'head.bias',
+                   'wkv_formula_id'}  # ours only: the Bi-WKV formula the weights were trained with
 
 
 def test_fancy_initialisation():

@@ -11,6 +11,8 @@ from mmengine.registry import MODELS
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+from vision_rwkv.models import VRWKV, checkpoint_filter_fn
+
 from .errors import ConfigError
 from .optim import timm_layer_ids
 
@@ -66,6 +68,17 @@ class TimmClassifier(BaseModel):
         self.mixup_loss = SoftTargetCrossEntropy()
         self.hard_loss = LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing > 0 \
             else torch.nn.CrossEntropyLoss()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints of the bare network (no ``model.`` keys: official Vision-RWKV checkpoints through
+        ``load_from``) load into ``self.model`` through ``checkpoint_filter_fn``, which also selects the
+        official Bi-WKV formula for them. Runs before the submodules load (torch and mmengine loaders)."""
+        own = prefix + 'model.'
+        keys = [k for k in state_dict if k.startswith(prefix)]
+        if isinstance(self.model, VRWKV) and keys and not any(k.startswith(own) for k in keys):
+            converted = checkpoint_filter_fn({k[len(prefix):]: state_dict.pop(k) for k in keys}, self.model)
+            state_dict.update({own + k: v for k, v in converted.items()})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, inputs: torch.Tensor, labels: Optional[torch.Tensor] = None, mode: str = 'tensor'):
         if mode == 'tensor':

@@ -11,6 +11,8 @@ from .token_mix import spatial_mix_init
 
 
 WKV_MODES = ('raster', 'cross', '2d')
+#: Bi-WKV arithmetic: Eq. 5 of the paper, or the official CUDA kernels' (raster only; see ``bi_wkv``).
+WKV_FORMULAS = ('paper', 'official')
 
 
 class SpatialMix(nn.Module):
@@ -24,6 +26,10 @@ class SpatialMix(nn.Module):
     - 'raster' (official): one scan in row-major order, n = T = H * W;
     - 'cross': half of the channels row-major, half column-major, n = T;
     - '2d': decay by the Manhattan distance |Δrow| + |Δcol| (``bi_wkv_2d``), n = H + W.
+
+    ``wkv_formula`` chooses the arithmetic of the raster scan: 'paper' (Eq. 5) or 'official', the one of
+    the official CUDA kernels that the released checkpoints were trained with (``bi_wkv(...,
+    formula='official')``). The other modes compute Eq. 5 only.
     """
 
     def __init__(
@@ -36,11 +42,13 @@ class SpatialMix(nn.Module):
             init_mode: str = 'fancy',
             key_norm: bool = False,
             wkv_mode: str = 'raster',
+            wkv_formula: str = 'paper',
     ):
         super().__init__()
         if wkv_mode not in WKV_MODES:
             raise ValueError(f'wkv_mode must be one of {WKV_MODES}, got {wkv_mode!r}')
         self.wkv_mode = wkv_mode
+        self.set_wkv_formula(wkv_formula)
         self.shift_pixel = shift_pixel
         self.channel_gamma = channel_gamma
         init = spatial_mix_init(dim, layer_id, num_layers, init_mode)
@@ -55,6 +63,15 @@ class SpatialMix(nn.Module):
         self.receptance = nn.Linear(dim, dim, bias=False)
         self.key_norm = nn.LayerNorm(dim) if key_norm else None
         self.output = nn.Linear(dim, dim, bias=False)
+
+    def set_wkv_formula(self, formula: str) -> None:
+        """Use ``formula`` ('paper' or 'official') for Bi-WKV from now on."""
+        if formula not in WKV_FORMULAS:
+            raise ValueError(f'wkv_formula must be one of {WKV_FORMULAS}, got {formula!r}')
+        if formula == 'official' and self.wkv_mode != 'raster':
+            raise ValueError(f"wkv_formula='official' (the official kernels' arithmetic) exists for "
+                             f"wkv_mode='raster' only, this layer has wkv_mode={self.wkv_mode!r}")
+        self.wkv_formula = formula
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
@@ -78,4 +95,5 @@ class SpatialMix(nn.Module):
             return bi_wkv_2d(self.spatial_decay / n, self.spatial_first / n, k, v, grid)
         n = k.shape[1]
         order = 'cross' if self.wkv_mode == 'cross' else 'row'
-        return bi_wkv(self.spatial_decay / n, self.spatial_first / n, k, v, grid=grid, order=order)
+        return bi_wkv(self.spatial_decay / n, self.spatial_first / n, k, v, grid=grid, order=order,
+                      formula=self.wkv_formula)

@@ -56,12 +56,13 @@ class _PretrainedBackbone:
 
 def _vrwkv_kwargs(img_size, patch_size, in_channels, embed_dims, depth, drop_rate, drop_path_rate, hidden_rate,
                   channel_gamma, shift_pixel, init_mode, init_values, post_norm, key_norm, wkv_mode,
-                  interpolate_mode) -> dict:
+                  interpolate_mode, wkv_formula) -> dict:
     """Official (mmseg) argument names -> ``VRWKV`` arguments."""
     return dict(img_size=img_size, patch_size=patch_size, in_chans=in_channels, embed_dim=embed_dims, depth=depth,
                 pos_drop_rate=drop_rate, drop_path_rate=drop_path_rate, hidden_rate=hidden_rate,
                 channel_gamma=channel_gamma, shift_pixel=shift_pixel, init_mode=init_mode, init_values=init_values,
-                post_norm=post_norm, key_norm=key_norm, wkv_mode=wkv_mode, interpolate_mode=interpolate_mode)
+                post_norm=post_norm, key_norm=key_norm, wkv_mode=wkv_mode, interpolate_mode=interpolate_mode,
+                wkv_formula=wkv_formula)
 
 
 @MODELS.register_module(name='VRWKV')
@@ -78,10 +79,12 @@ class MMSegVRWKV(_PretrainedBackbone, VRWKV):
                  channel_gamma: float = 0.25, shift_pixel: int = 1, init_mode: str = 'fancy',
                  init_values: Optional[float] = None, post_norm: bool = False, key_norm: bool = False,
                  wkv_mode: str = 'raster', final_norm: bool = True, interpolate_mode: str = 'bicubic',
-                 with_cp: bool = False, pretrained: Optional[str] = None, init_cfg: Optional[dict] = None):
+                 wkv_formula: Optional[str] = None, with_cp: bool = False, pretrained: Optional[str] = None,
+                 init_cfg: Optional[dict] = None):
         super().__init__(**_vrwkv_kwargs(img_size, patch_size, in_channels, embed_dims, depth, drop_rate,
                                          drop_path_rate, hidden_rate, channel_gamma, shift_pixel, init_mode,
-                                         init_values, post_norm, key_norm, wkv_mode, interpolate_mode),
+                                         init_values, post_norm, key_norm, wkv_mode, interpolate_mode,
+                                         wkv_formula),
                          num_classes=0, global_pool='', final_norm=final_norm, dynamic_img_size=True)
         self.out_indices = _block_indices(out_indices, depth)
         self.checkpoint = _checkpoint_path(init_cfg, pretrained)
@@ -122,7 +125,7 @@ class MMSegVRWKVAdapter(_PretrainedBackbone, VRWKVAdapter):
                  embed_dims: int = 192, depth: int = 12, drop_rate: float = 0., drop_path_rate: float = 0.,
                  hidden_rate: float = 4, channel_gamma: float = 0.25, shift_pixel: int = 1, init_mode: str = 'fancy',
                  init_values: Optional[float] = None, post_norm: bool = False, key_norm: bool = False,
-                 wkv_mode: str = 'raster', interpolate_mode: str = 'bicubic',
+                 wkv_mode: str = 'raster', interpolate_mode: str = 'bicubic', wkv_formula: Optional[str] = None,
                  interaction_indexes: Sequence[Sequence[int]] = ((0, 2), (3, 5), (6, 8), (9, 11)),
                  conv_inplane: int = 64, n_points: int = 4, deform_num_heads: int = 6,
                  init_values_inject: float = 0., with_cffn: bool = True, cffn_ratio: float = 0.25,
@@ -137,7 +140,7 @@ class MMSegVRWKVAdapter(_PretrainedBackbone, VRWKVAdapter):
             use_extra_extractor=use_extra_extractor, norm_layer=_norm_builder(norm_cfg),
             **_vrwkv_kwargs(img_size, patch_size, in_channels, embed_dims, depth, drop_rate, drop_path_rate,
                             hidden_rate, channel_gamma, shift_pixel, init_mode, init_values, post_norm, key_norm,
-                            wkv_mode, interpolate_mode))
+                            wkv_mode, interpolate_mode, wkv_formula))
         self.checkpoint = _checkpoint_path(init_cfg, pretrained)
         self.set_grad_checkpointing(with_cp)
 

@@ -23,6 +23,7 @@ from timm.models import adapt_input_conv, build_model_with_cfg, generate_default
 from timm.models._features import feature_take_indices
 
 from vision_rwkv.layers import ChannelMix, PatchEmbed, SpatialMix, resample_pos_embed
+from vision_rwkv.layers.spatial_mix import WKV_FORMULAS
 
 __all__ = ['VRWKV', 'Block', 'checkpoint_filter_fn']
 
@@ -52,13 +53,15 @@ class Block(nn.Module):
             init_values: Optional[float] = None,
             drop_path: float = 0.,
             wkv_mode: str = 'raster',
+            wkv_formula: str = 'paper',
     ):
         super().__init__()
         self.post_norm = post_norm
         self.ln0 = nn.LayerNorm(dim) if layer_id == 0 else None
         self.ln1 = nn.LayerNorm(dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.att = SpatialMix(dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm, wkv_mode)
+        self.att = SpatialMix(dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm, wkv_mode,
+                              wkv_formula)
         self.ffn = ChannelMix(dim, layer_id, num_layers, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm)
         if init_values is not None:
             self.gamma1 = nn.Parameter(torch.full((dim,), float(init_values)))
@@ -103,6 +106,10 @@ class VRWKV(nn.Module):
         key_norm: LayerNorm after Bi-WKV and after the squared ReLU (official L).
         wkv_mode: how Bi-WKV reads the token grid: 'raster' (official), 'cross' (half of the
             channels column-major) or '2d' (Manhattan-distance decay); see ``SpatialMix``.
+        wkv_formula: Bi-WKV arithmetic of the raster mode: 'paper' (Eq. 5) or 'official' (the official
+            CUDA kernels', which the released checkpoints were trained with). None (default): decided by
+            the checkpoint loaded (official checkpoints: 'official'; ours record theirs), else 'paper'. A
+            value given here is kept whatever the checkpoint records.
         init_values: layer-scale initial value (None: no layer scale).
         final_norm: LayerNorm ``ln1`` after the last block.
         head_hidden_size: width of a fc + tanh pre-logits layer before the classifier (official L: 3072).
@@ -130,6 +137,7 @@ class VRWKV(nn.Module):
             post_norm: bool = False,
             key_norm: bool = False,
             wkv_mode: str = 'raster',
+            wkv_formula: Optional[str] = None,
             init_values: Optional[float] = None,
             final_norm: bool = True,
             head_hidden_size: Optional[int] = None,
@@ -160,8 +168,11 @@ class VRWKV(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as torch.linspace
         self.layers = nn.ModuleList([
             Block(embed_dim, i, depth, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm,
-                  post_norm, init_values, dpr[i], wkv_mode)
+                  post_norm, init_values, dpr[i], wkv_mode, wkv_formula or 'paper')
             for i in range(depth)])
+        self.wkv_formula_fixed = wkv_formula is not None
+        self.register_buffer('wkv_formula_id', torch.tensor(WKV_FORMULAS.index(wkv_formula or 'paper'),
+                                                            dtype=torch.uint8))
         self.ln1 = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
         self.feature_info = [
             dict(module=f'layers.{i}', num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
@@ -176,6 +187,44 @@ class VRWKV(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
+
+    # ---- Bi-WKV formula ----------------------------------------------------------------------
+    @property
+    def wkv_formula(self) -> str:
+        """'paper' (Eq. 5) or 'official' (the official CUDA kernels' arithmetic) in every block."""
+        return self.layers[0].att.wkv_formula if len(self.layers) else 'paper'
+
+    def set_wkv_formula(self, formula: str) -> None:
+        """Run every block's Bi-WKV with ``formula`` ('paper' or 'official', raster mode only); recorded in
+        the ``wkv_formula_id`` buffer, so checkpoints carry it."""
+        for block in self.layers:
+            block.att.set_wkv_formula(formula)
+        if not self.wkv_formula_id.is_meta:
+            self.wkv_formula_id.fill_(WKV_FORMULAS.index(formula))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Load as usual, then run the formula the checkpoint records (``wkv_formula_id``), unless
+        ``wkv_formula`` was given to the constructor. Every loader (torch, timm, mmengine) calls this."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        key = prefix + 'wkv_formula_id'
+        if key not in state_dict or self.wkv_formula_id.is_meta:
+            return
+        code = int(self.wkv_formula_id)
+        if code not in range(len(WKV_FORMULAS)):
+            raise ValueError(f'{key} = {code} in the checkpoint names no Bi-WKV formula; expected one of '
+                             f'{dict(enumerate(WKV_FORMULAS))}')
+        formula = WKV_FORMULAS[code]
+        if self.wkv_formula_fixed:
+            if formula != self.wkv_formula:
+                _logger.info('checkpoint trained with wkv_formula=%r; keeping wkv_formula=%r as given',
+                             formula, self.wkv_formula)
+            self.set_wkv_formula(self.wkv_formula)
+            return
+        try:
+            self.set_wkv_formula(formula)
+        except ValueError as e:
+            raise ValueError(f"the checkpoint was trained with wkv_formula={formula!r}, which this model does not "
+                             f"have ({e}); pass wkv_formula='paper' to load its weights with Eq. 5") from e
 
     # ---- timm model interface -------------------------------------------------------------
     @torch.jit.ignore
@@ -324,6 +373,11 @@ _NON_BACKBONE_PREFIXES = (
 _STRIP_PREFIXES = ('module.', 'model.', 'backbone.')
 
 
+def official_formula_id() -> torch.Tensor:
+    """The ``wkv_formula_id`` of an official checkpoint, which records none: the official kernels'."""
+    return torch.tensor(WKV_FORMULAS.index('official'), dtype=torch.uint8)
+
+
 def _unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     for key in ('state_dict', 'model', 'module'):
         if key in checkpoint and isinstance(checkpoint[key], dict):
@@ -368,7 +422,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, 
     checkpoints whose backbone is the official ``VRWKV_Adapter`` (adapter modules and decode heads
     are dropped; their missing final norm and classifier keep this model's initial values). The
     position embedding is resampled to the model's grid and the patch projection adapted to
-    ``in_chans``.
+    ``in_chans``. A checkpoint that records no Bi-WKV formula (``wkv_formula_id``: every official one) was
+    trained with the official kernels: the model switches to ``wkv_formula='official'`` as it loads,
+    unless the formula was given to its constructor.
     """
     state_dict = _unwrap_state_dict(state_dict)
     own = model.state_dict()
@@ -382,6 +438,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, 
         elif key == 'patch_embed.projection.weight' and value.shape[1] != own[key].shape[1]:
             value = adapt_input_conv(own[key].shape[1], value)
         out[key] = value
+    out.setdefault('wkv_formula_id', official_formula_id())
     backbone_only = not any(k.startswith(('head.', 'ln1.')) for k in out)
     if backbone_only:
         for key in own:
@@ -480,8 +537,8 @@ def _register_grid_mode(mode: str, size: str, arch: Dict[str, Any]) -> None:
         return _create_vrwkv(name, pretrained, **dict(arch, wkv_mode=mode, **kwargs))
 
     create.__name__ = name
-    create.__doc__ = (f'VRWKV-{size[0].upper()}/16 with wkv_mode={mode!r} (no official weights; '
-                      'official raster checkpoints load into it).')
+    create.__doc__ = (f'VRWKV-{size[0].upper()}/16 with wkv_mode={mode!r} (no official weights; official raster '
+                      "checkpoints load into it with wkv_formula='paper').")
     create.__module__ = __name__
     globals()[name] = register_model(create)
 

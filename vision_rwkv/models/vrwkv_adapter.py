@@ -20,7 +20,7 @@ from timm.layers import trunc_normal_
 from vision_rwkv.layers.adapter import InteractionBlock, SpatialPriorModule, deform_inputs, pyramid_shapes
 from vision_rwkv.layers.ms_deform_attn import MSDeformAttn
 
-from .vrwkv import VRWKV, _strip_prefix, _unwrap_state_dict, resample_square_pos_embed
+from .vrwkv import VRWKV, _strip_prefix, _unwrap_state_dict, official_formula_id, resample_square_pos_embed
 
 __all__ = ['VRWKVAdapter', 'backbone_checkpoint_filter', 'load_backbone_checkpoint']
 
@@ -162,7 +162,8 @@ def backbone_checkpoint_filter(checkpoint: Dict[str, Any], model: VRWKV) -> Dict
     Accepts official classification checkpoints (mmcls ``state_dict`` / InternImage-style ``model``),
     official segmentation checkpoints (``backbone.*`` of ``VRWKV_Adapter``; heads dropped), timm-format
     state dicts of our ``VRWKV`` models and checkpoints written by ``tools/train.py``. The position
-    embedding is resampled to the model's ``img_size`` grid.
+    embedding is resampled to the model's ``img_size`` grid. Checkpoints that record no Bi-WKV formula
+    (official ones) get the official formula's extra state, as in ``checkpoint_filter_fn``.
     """
     own = model.state_dict()
     out = {}
@@ -175,6 +176,8 @@ def backbone_checkpoint_filter(checkpoint: Dict[str, Any], model: VRWKV) -> Dict
         if key == 'pos_embed' and key in own and value.shape != own[key].shape:
             value = resample_square_pos_embed(value, model)
         out[key] = value
+    if out:
+        out.setdefault('wkv_formula_id', official_formula_id())
     return out
 
 
@@ -187,7 +190,7 @@ def load_backbone_checkpoint(model: VRWKV, path: str, map_location: Optional[str
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     state = backbone_checkpoint_filter(checkpoint, model)
     own = model.state_dict()
-    if not any(k in own for k in state):
+    if not any(k in own for k in state if k != 'wkv_formula_id'):
         raise ValueError(f'{path}: no Vision-RWKV backbone weights found (keys look like '
                          f'{list(state)[:3]}); is this a Vision-RWKV checkpoint?')
     mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
