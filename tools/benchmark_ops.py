@@ -1,6 +1,7 @@
 """Op-level benchmark of the Bi-WKV family on image grids: raster, cross and 2D against SDPA.
 
-For each (B, H×W, C): forward and forward+backward time of bi_wkv in raster order, in cross order,
+For each (B, H×W, C): forward and forward+backward time of bi_wkv in raster order (Eq. 5, and the official
+kernels' formula), in cross order,
 bi_wkv_2d, and torch's scaled_dot_product_attention at the same B, T, C (C / 64 heads of 64), and
 each op's forward+backward time over SDPA's; all ops of a shape are timed round-robin (medians).
 CPU tensors run the PyTorch paths; on CUDA the Triton
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from benchmark import machine_info, op_inputs, report
 from vision_rwkv.kernels import bi_wkv, bi_wkv_2d
 
-MODES = ('raster', 'cross', '2d', 'sdpa')
+MODES = ('raster', 'official', 'cross', '2d', 'sdpa')
 
 
 def _op(mode: str, grid, backend: str):
@@ -35,7 +36,8 @@ def _op(mode: str, grid, backend: str):
             return F.scaled_dot_product_attention(q_, k_, v_).transpose(1, 2).reshape(B, T, C)
         return sdpa
     order = 'cross' if mode == 'cross' else 'row'
-    return lambda w, u, k, v: bi_wkv(w, u, k, v, backend=backend, grid=grid, order=order)
+    formula = 'official' if mode == 'official' else 'paper'
+    return lambda w, u, k, v: bi_wkv(w, u, k, v, backend=backend, grid=grid, order=order, formula=formula)
 
 
 def _fwd_and_fwd_bwd(op: Callable, args) -> Dict[str, Callable[[], None]]:

@@ -79,7 +79,7 @@ PLANS = {
         budgets=dict(kernels=120, model_check=25, bench_ops=40, bench_models=65, bench_sam=25, multi_device=10),
         total=270, hard_limit=420,
         model_check=dict(models=('vrwkv_tiny_patch16_224', 'vrwkv_small_patch16_224'), img=224, batch=2, kwargs={}),
-        ops=dict(B=8, C=384, heads=6, seq_lens=(196, 1024, 4096, 16384, 65536), target=(8, 16384, 768),
+        ops=dict(B=8, C=384, heads=6, seq_lens=(196, 1024, 4096, 16384, 65536), official_T=4096, target=(8, 16384, 768),
                  copy_bytes=2 ** 30, seconds=0.4),
         models=dict(sizes=(224, 512, 1024, 2048), batch={224: 64, 512: 16, 1024: 4, 2048: 1},
                     families=('tiny', 'small'), kwargs={}, seconds=0.4),
@@ -88,7 +88,7 @@ PLANS = {
         budgets=dict(kernels=45, model_check=15, bench_ops=15, bench_models=20, bench_sam=10, multi_device=10),
         total=100, hard_limit=200,
         model_check=dict(models=('vrwkv_tiny_patch16_224', 'vrwkv_small_patch16_224'), img=224, batch=2, kwargs={}),
-        ops=dict(B=8, C=384, heads=6, seq_lens=(196, 4096, 16384), target=(8, 16384, 768),
+        ops=dict(B=8, C=384, heads=6, seq_lens=(196, 4096, 16384), official_T=4096, target=(8, 16384, 768),
                  copy_bytes=2 ** 28, seconds=0.15),
         models=dict(sizes=(224, 1024), batch={224: 64, 1024: 4}, families=('tiny', 'small'), kwargs={},
                     seconds=0.15),
@@ -98,7 +98,7 @@ PLANS = {
         total=3600, hard_limit=0,
         model_check=dict(models=('vrwkv_tiny_patch16_224', 'vrwkv_small_patch16_224'), img=32, batch=2,
                          kwargs=dict(depth=1)),
-        ops=dict(B=1, C=48, heads=6, seq_lens=(4, 8), target=(1, 4, 48), copy_bytes=2 ** 20, seconds=0.0),
+        ops=dict(B=1, C=48, heads=6, seq_lens=(4, 8), official_T=8, target=(1, 4, 48), copy_bytes=2 ** 20, seconds=0.0),
         models=dict(sizes=(32, 48), batch={32: 2, 48: 1}, families=('tiny',), kwargs=dict(depth=1), seconds=0.0),
         sam=dict(variants=('tiny',), img=32, batches=(1, 2), kwargs=dict(depth=1), seconds=0.0)),
 }
@@ -462,16 +462,17 @@ def guarded(ctx: Context, section: str, item: str, fn: Callable[[], Dict]) -> Di
         return dict(status='error')
 
 
-def bench_bi_wkv(dev: Device, B: int, T: int, C: int, seconds: float, backward: bool = True) -> Dict:
+def bench_bi_wkv(dev: Device, B: int, T: int, C: int, seconds: float, backward: bool = True,
+                 formula: str = 'paper') -> Dict:
     w, u, k, v = op_inputs(B, T, C, torch.bfloat16, dev.device)
     gy = torch.randn_like(k)
 
     def fwd():
         with torch.no_grad():
-            bi_wkv(w, u, k, v, backend='triton')
+            bi_wkv(w, u, k, v, backend='triton', formula=formula)
 
     def fwd_bwd():
-        torch.autograd.grad(bi_wkv(w, u, k, v, backend='triton'), (w, u, k, v), gy)
+        torch.autograd.grad(bi_wkv(w, u, k, v, backend='triton', formula=formula), (w, u, k, v), gy)
 
     out = dict(fwd_ms=measure_ms(fwd, dev, seconds))
     if backward:
@@ -555,6 +556,15 @@ def section_bench_ops(ctx: Context) -> None:
         report.rows('bench_ops').append(row)
         print(f"[bench_ops] T={T}: Bi-WKV fwd {fmt(row.get('fwd_ms'))} ms, fwd+bwd {fmt(row.get('fwd_bwd_ms'))} ms; "
               f"SDPA {fmt(row.get('sdpa_fwd_ms'))} / {fmt(row.get('sdpa_fwd_bwd_ms'))} ms", flush=True)
+        report.save()
+    T = p['official_T']
+    item = f"Bi-WKV formula='official' at B={B} T={T} C={C}"
+    if not ctx.out_of_time('bench_ops', item) and memory_allows(ctx, 'bench_ops', item, 40 * B * T * C):
+        row = dict(B=B, T=T, C=C, op="bi_wkv raster, formula='official'")
+        row.update(guarded(ctx, 'bench_ops', item, lambda: bench_bi_wkv(dev, B, T, C, p['seconds'],
+                                                                         formula='official')))
+        add_bandwidth(row, copy_gbps)
+        report.rows('bench_ops').append(row)
         report.save()
     B, T, C = p['target']
     item = f'target shape: Bi-WKV forward at B={B} T={T} C={C}'
