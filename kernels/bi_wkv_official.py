@@ -37,7 +37,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .bi_wkv_torch import bi_wkv_torch_backward, bi_wkv_torch_forward, choose_chunk_len, decay_scan
+from .bi_wkv_torch import bi_wkv_torch_backward, bi_wkv_torch_forward, choose_chunk_len, decay_scan, fits_one_chunk
 
 #: Lanes of a warp in the official kernels: T is split into this many segments of ceil(T / 32) tokens.
 SEGMENTS = 32
@@ -76,17 +76,21 @@ def _with_end(z: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Ten
     return F.pad(z, (0, 0, 0, 1), value=-math.inf), F.pad(x, (0, 0, 0, 0, 0, 1))
 
 
-def _segment_scans(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, weighted: bool):
+def _segment_scans(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, weighted: bool, skip_first: bool = True):
     """The two local scans of segments z (N, L, C) log-weights, x (N, L, C, V) values, left to right:
 
-    lin_r = Σ_{j<r} e^{-(r-j-1)w + z_j} x_j and grow_r = Σ_{0<j<=r} e^{(r-j)w + z_j} x_j, as (s, l); with
-    ``weighted`` also their distance-weighted forms Σ (r-j-1)(...) and Σ (r-j)(...) (second scans).
+    lin_r = Σ_{j<r} e^{-(r-j-1)w + z_j} x_j and grow_r = Σ_{j<=r} e^{(r-j)w + z_j} x_j (j > 0 only when
+    ``skip_first``), as (s, l); with ``weighted`` also their distance-weighted forms Σ (r-j-1)(...) and
+    Σ (r-j)(...). Short segments (L·max|w| <= ONE_CHUNK_DECAY: always in the models) take
+    ``_one_chunk_scans``; others the chunked log-space ``decay_scan`` (weighted forms: scans of the scans).
     """
+    z_grow = torch.cat([torch.full_like(z[:, :1], -math.inf), z[:, 1:]], 1) if skip_first else z
     L = z.shape[1]
+    if fits_one_chunk(L, w):
+        return _one_chunk_scans(z, z_grow, x, w, weighted)
     chunk = _chunk_len(w, L)
     lin = decay_scan(z, x, w, chunk)
-    z_grow, x_grow = _with_end(torch.cat([torch.full_like(z[:, :1], -math.inf), z[:, 1:]], 1), x)
-    grow_all = decay_scan(z_grow, x_grow, -w, chunk)  # position r + 1: the inclusive sum at r
+    grow_all = decay_scan(*_with_end(z_grow, x), -w, chunk)  # position r + 1: the inclusive sum at r
     grow = grow_all[0][:, 1:], grow_all[1][:, 1:]
     if not weighted:
         return lin, grow
@@ -95,6 +99,33 @@ def _segment_scans(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, weighted: 
     s, l = decay_scan(grow_all[1], grow_all[0], -w, chunk)
     grow_weighted = s[:, 1:], l[:, 1:] + w  # e^{w}·scan(grow) at r + 1
     return lin, grow, lin_weighted, grow_weighted
+
+
+def _position_matrices(L: int, like: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """(L, L) matrices M[r, j] of the one-chunk scans: [j < r], [j <= r], (r-1-j)[j < r], (r-j)[j <= r]."""
+    r = torch.arange(L, device=like.device, dtype=like.dtype)
+    d = r[:, None] - r[None, :]
+    return (d > 0).to(like.dtype), (d >= 0).to(like.dtype), (d - 1).clamp_min(0), d.clamp_min(0)
+
+
+def _one_chunk_scans(z: torch.Tensor, z_grow: torch.Tensor, x: torch.Tensor, w: torch.Tensor, weighted: bool):
+    """``_segment_scans`` of short segments: the decay is separable, e^{-(r-j-1)w} = e^{-(r-1)w}·e^{jw}, so
+    each scan is one product with an (L, L) position matrix (which also carries the distance weights, with
+    no (r-1)·A - B difference). Terms e^{z_j - m ± jw} are at most e^{L·max|w|}, m the segment's maximum
+    of z; a term that underflows is below e^{-87 + 2·L·max|w|} of the largest: under float32 precision."""
+    N, L, C = z.shape
+    r = torch.arange(L, device=z.device, dtype=z.dtype)[:, None]  # (L, 1)
+    m = z.amax(dim=1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    lin_terms = (torch.exp(z - m + r * w).unsqueeze(-1) * x).reshape(N, L, -1)
+    grow_terms = (torch.exp(z_grow - m - r * w).unsqueeze(-1) * x).reshape(N, L, -1)
+    before, upto, lin_dist, grow_dist = _position_matrices(L, z)
+    l_lin, l_grow = m - (r - 1) * w, m + r * w
+    scan = lambda mat, terms: torch.matmul(mat, terms).view(x.shape)
+    out = (scan(before, lin_terms), l_lin), (scan(upto, grow_terms), l_grow)
+    if weighted:
+        out += (scan(lin_dist, lin_terms), l_lin), (scan(grow_dist, grow_terms), l_grow)
+    return out
 
 
 def _combine(parts, coefs, log_offset: torch.Tensor) -> torch.Tensor:
@@ -143,13 +174,10 @@ def _transposed_local(w: torch.Tensor, k: torch.Tensor, log_den: torch.Tensor, g
     B, T, C = k.shape
     alpha, beta = _local_coefs(w)
     q = _segments(-log_den, L, -math.inf).flip(1)
-    gx = _segments(gx, L, 0.).flip(1)
-    chunk = _chunk_len(w, L)
-    lin = decay_scan(q, gx, w, chunk)
-    s, l = decay_scan(*_with_end(q, gx), -w, chunk)
-    s = s[:, 1:].clone()
+    lin, (s, l) = _segment_scans(q, _segments(gx, L, 0.).flip(1), w, weighted=False, skip_first=False)
+    s = s.clone()
     s[:, -1] = 0  # the segment start (last when reversed) takes no grow term
-    local = _combine((lin, (s, l[:, 1:])), (alpha, beta), _segments(k, L, 0.).flip(1))
+    local = _combine((lin, (s, l)), (alpha, beta), _segments(k, L, 0.).flip(1))
     return _unsegment(local.flip(1), B, T)
 
 

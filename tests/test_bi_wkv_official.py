@@ -84,6 +84,15 @@ def test_torch_path_float32(T):
     _check_grads('torch', T, 9, torch.float32, tol_y=T * F32_EPS, tol_g=10 * T * F32_EPS)
 
 
+@pytest.mark.parametrize('T', [65, 197])
+def test_torch_path_chunked_segment_scans(monkeypatch, T):
+    """Segments too long for the one-chunk products (L·|w| > 24) take the chunked log-space scans: forced
+    here at small T, in float64, where both routes must be exact."""
+    from vision_rwkv.kernels import bi_wkv_official
+    monkeypatch.setattr(bi_wkv_official, 'fits_one_chunk', lambda length, w: False)
+    _check_grads('torch', T, 6, torch.float64, tol_y=1e2 * T * F64_EPS, tol_g=1e3 * T * F64_EPS)
+
+
 def test_torch_path_long_sequence_with_large_decays():
     """T = 2048 with |w|·T up to ~40: the segments (64 tokens) run as several chunks of the log-space scan."""
     _check_grads('torch', 2048, 2, torch.float64, tol_y=1e-11, tol_g=1e-9, decay=12.0)
