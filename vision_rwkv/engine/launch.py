@@ -101,12 +101,18 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def run_tool(main: Callable[[], None]) -> None:
-    """Run a tool's ``main``; errors in the user's input end the process with one line and exit code 2."""
+    """Run a tool's ``main``; errors in the user's input end the process with one line and exit code 2.
+    A distributed run's process group is destroyed on the way out, whatever happened: left to the
+    interpreter's exit, gloo's threads may be torn down while joinable, which aborts the process
+    ("terminate called without an active exception")."""
     try:
         main()
     except USER_ERRORS as e:
         print(f'error: {_one_line(e)}', file=sys.stderr, flush=True)
         sys.exit(2)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _one_line(error: Exception) -> str:
