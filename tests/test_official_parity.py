@@ -32,7 +32,6 @@ feature maps (adapter f1, plain backbone). TOL = 1e-5 sits more than 10x above t
 differently passes (``test_explicit_paper_formula_is_kept`` checks the gap).
 """
 import contextlib
-import inspect
 from typing import Dict, Tuple
 
 import pytest
@@ -45,8 +44,7 @@ import vision_rwkv  # noqa: F401  (registers the timm models)
 import vision_rwkv.mmseg  # noqa: F401  (registers the mmseg backbones)
 from vision_rwkv.engine.launch import build_runner, load_config
 from vision_rwkv.kernels import bi_wkv_reference
-from vision_rwkv.mmseg import MMSegVRWKV, MMSegVRWKVAdapter
-from vision_rwkv.models import VRWKV, checkpoint_filter_fn
+from vision_rwkv.models import checkpoint_filter_fn
 
 from conftest import SEED, rel_err
 from official_vrwkv import (OFFICIAL_ADAPTER_ARCHS, VRWKV_SpatialMix, build_official_adapter,
@@ -96,10 +94,8 @@ def _port_wkv(model: nn.Module, wkv):
             m.wkv = fn
 
 
-def _paper_kwargs(cls) -> dict:
-    """``wkv_formula='paper'`` where the constructor takes it: keeps our model in Eq. 5 mode whether or
-    not the wkv_formula API has landed (loading an official checkpoint would otherwise switch it)."""
-    return {'wkv_formula': 'paper'} if 'wkv_formula' in inspect.signature(cls.__init__).parameters else {}
+#: Our models in Eq. 5 mode whatever the checkpoint records (loading an official one would switch them).
+PAPER = dict(wkv_formula='paper')
 
 
 def _assert_official_formula(model: nn.Module) -> None:
@@ -281,14 +277,14 @@ def test_port_structure_matches_with_eq5(officials, arch, size):
     official = officials[arch]
     name = TIMM_NAMES[official.arch, size]
     expected_logits, expected_feats = official.logits(size, 'eq5'), official.outputs(size, 'eq5')[1]
-    model = timm.create_model(name, num_classes=official.num_classes(size), **_paper_kwargs(VRWKV))
+    model = timm.create_model(name, num_classes=official.num_classes(size), **PAPER)
     model.load_state_dict(checkpoint_filter_fn(torch.load(official.checkpoint(size), weights_only=True, mmap=True),
                                                model))
     _assert_close(_forward(model, official.image(size)), expected_logits, f'{name} logits (Eq. 5)')
     del model
     if official.arch == 'tiny':
         backbone = MODELS.build(dict(type='VRWKV', img_size=224, embed_dims=192, depth=12,
-                                     out_indices=TINY_OUT_INDICES, **_paper_kwargs(MMSegVRWKV),
+                                     out_indices=TINY_OUT_INDICES, **PAPER,
                                      init_cfg=dict(type='Pretrained', checkpoint=str(official.path))))
         backbone.init_weights()
         feats = _forward(backbone, official.image(size))
@@ -302,9 +298,10 @@ def test_adapter_port_structure_matches_with_eq5(official_adapter):
     layout: every parameter name matches and the 4 maps agree (spatial prior, deformable attention, ConvFFN,
     per-forward position-embedding interpolation, batch norms)."""
     backbone = MODELS.build(dict(type='VRWKV_Adapter', **OFFICIAL_ADAPTER_ARCHS['tiny'],
-                                 **_paper_kwargs(MMSegVRWKVAdapter),
+                                 **PAPER,
                                  init_cfg=dict(type='Pretrained', checkpoint=str(official_adapter.path))))
-    assert set(backbone.state_dict()) == set(official_adapter.port.state_dict())
+    ours_only = {'wkv_formula_id'}  # the Bi-WKV formula our checkpoints record
+    assert set(backbone.state_dict()) - ours_only == set(official_adapter.port.state_dict())
     backbone.init_weights()
     feats = _forward(backbone, official_adapter.image)
     expected = official_adapter.features('eq5')
