@@ -27,10 +27,10 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'segmentation', '*.py')))
 TOY_CONFIG = osp.join(ROOT, 'configs', 'segmentation', 'upernet_vrwkv_toy_shapes_ade20k.py')
 OFFICIAL = {  # configs/ade20k of the official repository
-    'tiny': dict(embed_dims=192, depth=12, lr=1.2e-4, decay=0.95, dpr=0.1, heads=6, ratio=1.0),
-    'small': dict(embed_dims=384, depth=12, lr=6e-5, decay=0.85, dpr=0.2, heads=6, ratio=1.0),
-    'base': dict(embed_dims=768, depth=12, lr=6e-5, decay=0.8, dpr=0.3, heads=12, ratio=0.5),
-    'large': dict(embed_dims=1024, depth=24, lr=6e-5, decay=0.9, dpr=0.4, heads=16, ratio=0.5),
+    'tiny': dict(img_size=224, embed_dims=192, depth=12, lr=1.2e-4, decay=0.95, dpr=0.1, heads=6, ratio=1.0),
+    'small': dict(img_size=224, embed_dims=384, depth=12, lr=6e-5, decay=0.85, dpr=0.2, heads=6, ratio=1.0),
+    'base': dict(img_size=224, embed_dims=768, depth=12, lr=6e-5, decay=0.8, dpr=0.3, heads=12, ratio=0.5),
+    'large': dict(img_size=192, embed_dims=1024, depth=24, lr=6e-5, decay=0.9, dpr=0.4, heads=16, ratio=0.5),
 }
 
 
@@ -73,7 +73,7 @@ def test_ade20k_configs_follow_the_official_recipe(size):
     assert (backbone.drop_path_rate, backbone.deform_num_heads, backbone.deform_ratio) == (
         ref['dpr'], ref['heads'], ref['ratio'])
     assert backbone.interaction_indexes[-1][-1] == ref['depth'] - 1
-    assert backbone.init_cfg.type == 'Pretrained' and backbone.img_size == 512
+    assert backbone.init_cfg.type == 'Pretrained' and backbone.img_size == ref['img_size']  # pretraining grid
     assert cfg.model.decode_head.num_classes == cfg.model.auxiliary_head.num_classes == 150
     assert cfg.model.decode_head.in_channels == [ref['embed_dims']] * 4
     assert cfg.model.test_cfg == dict(mode='slide', crop_size=(512, 512), stride=(341, 341))

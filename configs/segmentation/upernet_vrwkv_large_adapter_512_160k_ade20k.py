@@ -11,6 +11,7 @@ _base_ = [
 ]
 model = dict(
     backbone=dict(
+        img_size=192,  # the ImageNet-22K pretraining grid (official config)
         embed_dims=1024,
         depth=24,
         init_values=1e-5,

@@ -15,7 +15,8 @@ model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
         type='VRWKV_Adapter',
-        img_size=512,  # the crop: the checkpoint's position embedding is resampled to it on load
+        img_size=224,  # the pretraining grid, as the official configs: each forward resamples the position
+                       # embedding to its input's grid once (512 crops: 14x14 -> 32x32)
         patch_size=16,
         embed_dims=192,
         depth=12,
