@@ -1,8 +1,9 @@
 """Spatial Mix of Vision-RWKV: Q-Shift, receptance/key/value projections and Bi-WKV."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+from timm.models import register_notrace_function
 
 from vision_rwkv.kernels import bi_wkv, bi_wkv_2d
 
@@ -11,6 +12,10 @@ from .token_mix import spatial_mix_init
 
 
 WKV_MODES = ('raster', 'cross', '2d')
+
+# torch.fx (timm feature extraction) keeps every Bi-WKV call one graph node, around its torch.library op
+register_notrace_function(bi_wkv)
+register_notrace_function(bi_wkv_2d)
 
 
 class SpatialMix(nn.Module):
@@ -36,25 +41,29 @@ class SpatialMix(nn.Module):
             init_mode: str = 'fancy',
             key_norm: bool = False,
             wkv_mode: str = 'raster',
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if wkv_mode not in WKV_MODES:
             raise ValueError(f'wkv_mode must be one of {WKV_MODES}, got {wkv_mode!r}')
         self.wkv_mode = wkv_mode
         self.shift_pixel = shift_pixel
         self.channel_gamma = channel_gamma
         init = spatial_mix_init(dim, layer_id, num_layers, init_mode)
+        init = {name: value.to(**dd) for name, value in init.items()}
         self.spatial_decay = nn.Parameter(init['spatial_decay'])
         self.spatial_first = nn.Parameter(init['spatial_first'])
         if shift_pixel > 0:
             self.spatial_mix_k = nn.Parameter(init['spatial_mix_k'])
             self.spatial_mix_v = nn.Parameter(init['spatial_mix_v'])
             self.spatial_mix_r = nn.Parameter(init['spatial_mix_r'])
-        self.key = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(dim, dim, bias=False)
-        self.receptance = nn.Linear(dim, dim, bias=False)
-        self.key_norm = nn.LayerNorm(dim) if key_norm else None
-        self.output = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False, **dd)
+        self.value = nn.Linear(dim, dim, bias=False, **dd)
+        self.receptance = nn.Linear(dim, dim, bias=False, **dd)
+        self.key_norm = nn.LayerNorm(dim, **dd) if key_norm else None
+        self.output = nn.Linear(dim, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
