@@ -216,7 +216,7 @@ class VRWKV(nn.Module):
             self.global_pool = global_pool
         device, dtype = self.pos_embed.device, self.pos_embed.dtype
         self.head = (nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
-                     if num_classes > 0 else nn.Identity())
+                     if num_classes > 0 else nn.Identity()).train(self.training)
 
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str) -> None:
@@ -322,9 +322,9 @@ class VRWKV(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[:max_index + 1]
         if prune_norm:
-            self.ln1 = nn.Identity()
+            self.ln1 = nn.Identity().train(self.training)
         if prune_head:
-            self.pre_logits = nn.Identity()
+            self.pre_logits = nn.Identity().train(self.training)
             self.head_hidden_size = self.embed_dim
             self.reset_classifier(0, '')
         return take_indices
