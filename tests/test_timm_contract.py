@@ -42,14 +42,13 @@ PER_MODEL_TESTS = ('test_model_forward', 'test_model_backward', 'test_model_defa
 SIZE_SKIP = 'Fixed input size model > limit.'
 
 
-@pytest.fixture(scope='module')
-def timm_tests(tmp_path_factory) -> Path:
-    """A folder holding timm's tests/test_models.py, from the sdist of the installed timm."""
-    if not SDIST.is_file():
-        pytest.fail(f'{SDIST} is missing: run tools/setup_env.sh, which downloads the sdist of the installed '
+def timm_tests(folder: Path, sdist: Path = SDIST) -> Path:
+    """``folder`` with timm's tests/test_models.py from the sdist of the installed timm; the calling test
+    fails (not skips) without the sdist."""
+    if not sdist.is_file():
+        pytest.fail(f'{sdist} is missing: run tools/setup_env.sh, which downloads the sdist of the installed '
                     f'timm ({timm.__version__}) for this test')
-    folder = tmp_path_factory.mktemp('timm_tests')
-    with tarfile.open(SDIST) as tar:
+    with tarfile.open(sdist) as tar:
         member = tar.getmember(f'timm-{timm.__version__}/tests/test_models.py')
         (folder / 'test_models.py').write_bytes(tar.extractfile(member).read())
     (folder / 'pytest.ini').write_text('[pytest]\n')  # not our pytest.ini
@@ -59,7 +58,7 @@ def timm_tests(tmp_path_factory) -> Path:
 def run_timm_tests(folder: Path, models: List[str], markers: str) -> Dict[str, str]:
     """Run timm's test_models.py on ``models`` in a subprocess; returns the outcome of each test id
     ('passed', 'failed' or 'skipped: <reason>')."""
-    report = folder / f'report_{abs(hash((tuple(models), markers)))}.xml'
+    report = folder / 'report.xml'
     env = dict(os.environ, VRWKV_TIMM_MODELS=','.join(models), VRWKV_TEST_SEED=str(SEED),
                PYTHONPATH=os.pathsep.join([str(REPO / 'tests'), str(REPO), os.environ.get('PYTHONPATH', '')]))
     env.pop('GITHUB_ACTIONS', None)  # timm's GitHub-runner filters would drop large models from some tests
@@ -67,7 +66,8 @@ def run_timm_tests(folder: Path, models: List[str], markers: str) -> Dict[str, s
            '-m', markers, '-c', str(folder / 'pytest.ini'), '--rootdir', str(folder), '-p', 'no:cacheprovider',
            '-W', 'ignore::pytest.PytestUnknownMarkWarning', '-q', '-rfEs', f'--junitxml={report}']
     proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f'timm tests failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}{proc.stderr[-3000:]}'
+    output = proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, f'timm tests failed (exit {proc.returncode}):\n{output}'
     outcomes = {}
     for case in ET.parse(report).iter('testcase'):
         skipped = case.find('skipped')
@@ -99,24 +99,30 @@ def assert_all_ran(outcomes: Dict[str, str], models: List[str], tests) -> None:
     assert all(size > 224 for size in fixed_sizes.values()), fixed_sizes  # only VRWKV-L/384 exceeds a limit
 
 
-def test_timm_config_and_api_tests_on_every_model(timm_tests):
+def test_missing_timm_sdist_fails_with_setup_hint(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match=r'missing: run tools/setup_env\.sh'):
+        timm_tests(tmp_path, sdist=tmp_path / 'timm-0.0.0.tar.gz')
+
+
+def test_timm_config_and_api_tests_on_every_model(tmp_path):
     """timm's config / API test for all 12 models on the meta device: factory device and dtype, classifier
     reset, pooling, head widths, group_matcher, no_weight_decay, frozen parameters."""
-    outcomes = run_timm_tests(timm_tests, ALL_MODELS, 'cfg')
+    outcomes = run_timm_tests(timm_tests(tmp_path), ALL_MODELS, 'cfg')
     assert_all_ran(outcomes, ALL_MODELS, ['test_model_default_cfgs_non_std'])
 
 
-def test_timm_model_tests_on_tiny_models(timm_tests):
+def test_timm_model_tests_on_tiny_models(tmp_path):
     """Every per-model test of timm's CI (forward, backward, features, fx, config) on the tiny models of
     the three wkv modes."""
-    assert_all_ran(run_timm_tests(timm_tests, TINY_MODELS, TIMM_CI_MARKERS), TINY_MODELS, PER_MODEL_TESTS)
+    outcomes = run_timm_tests(timm_tests(tmp_path), TINY_MODELS, TIMM_CI_MARKERS)
+    assert_all_ran(outcomes, TINY_MODELS, PER_MODEL_TESTS)
 
 
 @pytest.mark.slow
-def test_timm_model_tests_on_larger_models(timm_tests):
-    """The same on the small, base and large models (about 20 minutes on 2 CPU cores: ``-m slow``)."""
+def test_timm_model_tests_on_larger_models(tmp_path):
+    """The same on the small, base and large models (about 12 minutes on 2 CPU cores: ``-m slow``)."""
     models = [m for m in ALL_MODELS if m not in TINY_MODELS]
-    assert_all_ran(run_timm_tests(timm_tests, models, TIMM_CI_MARKERS), models, PER_MODEL_TESTS)
+    assert_all_ran(run_timm_tests(timm_tests(tmp_path), models, TIMM_CI_MARKERS), models, PER_MODEL_TESTS)
 
 
 # ---- plain contract tests ----------------------------------------------------------------------

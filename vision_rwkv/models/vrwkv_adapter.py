@@ -189,7 +189,8 @@ def load_backbone_checkpoint(model: VRWKV, path: str, map_location: Optional[str
     """Load a checkpoint file (``weights_only=True``) into ``model``; return the missing and unexpected keys.
 
     Missing adapter keys are normal for classification checkpoints. Raises ``ValueError`` when the file
-    holds no key of the backbone at all, or a tensor whose shape does not match (another model size).
+    holds no key of the backbone at all, or a tensor whose shape does not match (another model size), and
+    ``RuntimeError`` (naming the file) when it holds other Python objects or is truncated.
     """
     checkpoint = load_checkpoint_file(path, map_location=map_location)
     state = backbone_checkpoint_filter(checkpoint, model)
