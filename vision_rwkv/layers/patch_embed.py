@@ -19,6 +19,7 @@ class PatchEmbed(nn.Module):
         strict_img_size: require inputs of exactly ``img_size``.
         dynamic_img_pad: pad inputs bottom/right to a multiple of the patch size (as the official
             ``AdaptivePadding``); otherwise such inputs are an error.
+        device, dtype: factory arguments of the projection.
     """
 
     def __init__(

@@ -37,7 +37,8 @@ class Block(nn.Module):
     """VRWKV block: x + drop_path(gamma1 * att(ln1(x))), then the same with ffn and ln2.
 
     With ``post_norm`` the norms move to the branch outputs: x + drop_path(gamma1 * ln1(att(x))).
-    Block 0 first normalises its input with ``ln0``.
+    Block 0 first normalises its input with ``ln0``. ``device`` and ``dtype`` are the parameters' factory
+    arguments.
     """
 
     def __init__(
