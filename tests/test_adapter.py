@@ -214,3 +214,20 @@ def test_bad_checkpoints_are_named(tmp_path):
     with pytest.raises(ValueError, match='another model size'):
         load_backbone_checkpoint(small_adapter(), str(wider))
     assert backbone_checkpoint_filter({'model': {'head.weight': torch.zeros(1)}}, small_adapter()) == {}
+
+
+def test_unsafe_and_truncated_files_are_named(tmp_path):
+    state = small_adapter().state_dict()
+    unsafe = tmp_path / 'unsafe.pth'
+    torch.save({'state_dict': state, 'meta': {'hook': NotATensor()}}, unsafe)
+    with pytest.raises(RuntimeError, match=r'unsafe\.pth holds Python objects.*NotATensor'):
+        load_backbone_checkpoint(small_adapter(), str(unsafe))
+    truncated = tmp_path / 'truncated.pth'
+    torch.save(state, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    with pytest.raises(RuntimeError, match=r'truncated\.pth is truncated or corrupt'):
+        load_backbone_checkpoint(small_adapter(), str(truncated))
+
+
+class NotATensor:
+    """A custom Python object: pickled into a checkpoint it needs code to load (refused by weights_only=True)."""

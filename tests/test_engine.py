@@ -68,6 +68,41 @@ def test_classifier_loads_pretrained_file(tmp_path):
     assert torch.equal(model.model.patch_embed.projection.weight, source.patch_embed.projection.weight)
 
 
+class NotATensor:
+    """A custom Python object: pickled into a checkpoint it needs code to load (refused by weights_only=True)."""
+
+
+@pytest.mark.parametrize('model_name,kwargs', [('vrwkv_tiny_patch16_224', TINY),
+                                               ('vit_tiny_patch16_224', dict(img_size=32, patch_size=8, depth=1))])
+def test_classifier_refuses_unsafe_and_truncated_files(tmp_path, model_name, kwargs):
+    """Any timm model: the file is read with weights_only=True by us, the error is one clear line."""
+    state = TimmClassifier(model_name, num_classes=5, model_kwargs=kwargs).model.state_dict()
+    unsafe = tmp_path / 'unsafe.pth'
+    torch.save({'state_dict': state, 'meta': NotATensor()}, unsafe)
+    with pytest.raises(ConfigError, match=r'unsafe\.pth holds Python objects.*NotATensor'):
+        TimmClassifier(model_name, num_classes=5, model_kwargs=kwargs, pretrained=str(unsafe))
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': state}, good)
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ConfigError, match=r'truncated\.pth is truncated or corrupt') as excinfo:
+        TimmClassifier(model_name, num_classes=5, model_kwargs=kwargs, pretrained=str(truncated))
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+    model = TimmClassifier(model_name, num_classes=5, model_kwargs=kwargs, pretrained=str(good)).model
+    # timm drops a classifier trained for another num_classes (the default config's 1000)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if not k.startswith('head.'))
+    assert 'state_dict' not in model.pretrained_cfg and model.pretrained_cfg['file'] == str(good)
+
+
+def test_classifier_names_the_file_of_foreign_weights(tmp_path):
+    path = tmp_path / 'vit.pth'
+    torch.save(TimmClassifier('vit_tiny_patch16_224', num_classes=5, model_kwargs=dict(
+        img_size=32, patch_size=8, depth=1)).model.state_dict(), path)
+    with pytest.raises(ConfigError, match=r'pretrained checkpoint .*vit\.pth: checkpoint keys match neither.*'
+                                          r"'cls_token'.*missing keys"):
+        tiny_classifier(pretrained=str(path))
+
+
 def test_unknown_model_and_argument_give_clear_errors():
     with pytest.raises(ConfigError, match=r"unknown timm model 'vrwkv_tiy_patch16_224'.*vrwkv_tiny_patch16_224"):
         TimmClassifier('vrwkv_tiy_patch16_224', num_classes=3)

@@ -84,9 +84,9 @@ def test_fancy_initialisation():
 
 
 def test_q_shift_moves_each_group_from_its_neighbour():
-    B, H, W, C = 2, 5, 6, 9
+    B, H, W, C = 2, 5, 6, 11  # gamma 0.2: groups of int(11 * 0.2 * n) = 2, 4, 6, 8 channels, 3 pass through
     x = torch.randn(B, H * W, C)
-    out = q_shift(x, (H, W)).view(B, H, W, C)
+    out = q_shift(x, (H, W), gamma=0.2).view(B, H, W, C)
     g = x.view(B, H, W, C)
     for i in range(H):
         for j in range(W):
@@ -311,13 +311,13 @@ def test_filter_loads_mmseg_adapter_backbone():
                        src.forward_intermediates(x, intermediates_only=True)[-1])
 
 
-def test_filter_resamples_pos_embed_and_adapts_in_chans():
+def test_filter_resamples_pos_embed_and_leaves_in_chans_to_timm():
     src = tiny_model()
     dst = tiny_model(img_size=96, in_chans=1)
     state = checkpoint_filter_fn(official_classification_checkpoint(src), dst)
-    dst.load_state_dict(state)
     assert state['pos_embed'].shape == (1, 36, 32)
-    assert state['patch_embed.projection.weight'].shape == (32, 1, 16, 16)
+    # timm's loader adapts the input channels, once (test_pretrained_file_adapts_in_chans_once)
+    assert torch.equal(state['patch_embed.projection.weight'], src.patch_embed.projection.weight)
 
 
 def test_timm_pretrained_from_official_file(tmp_path):
@@ -334,6 +334,115 @@ def test_timm_pretrained_from_official_file(tmp_path):
     finetune = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, num_classes=5,
                                  pretrained_cfg_overlay=dict(file=str(path)))
     assert finetune(x).shape == (1, 5)
+
+
+class NotATensor:
+    """A custom Python object: pickled into a checkpoint it needs code to load (refused by weights_only=True)."""
+
+    def __init__(self):
+        self.loaded_by_unpickling = True
+
+
+TIMM_TINY = dict(embed_dim=32, depth=3, img_size=64)  # vrwkv_tiny_patch16_224 shrunk through timm's kwargs
+
+
+def timm_from_file(path, **kwargs):
+    return timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                             **dict(TIMM_TINY, **kwargs))
+
+
+def save_official(tmp_path, name='vrwkv.pth', **kwargs):
+    """An official-format checkpoint of a random timm model (normal weights, so no value is an init value)."""
+    src = timm.create_model('vrwkv_tiny_patch16_224', **dict(TIMM_TINY, **kwargs))
+    for p in src.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    path = tmp_path / name
+    torch.save(official_classification_checkpoint(src), path)
+    return src, path
+
+
+@pytest.mark.parametrize('in_chans', [1, 4])
+def test_pretrained_file_adapts_in_chans_once(tmp_path, in_chans):
+    """The filter leaves the 3-channel projection to timm's loader, which adapts it once: adapting twice
+    (3 -> 4 -> 4) raises inside timm and leaves a random projection."""
+    src, path = save_official(tmp_path)
+    model = timm_from_file(path, in_chans=in_chans)
+    expected = timm.models.adapt_input_conv(in_chans, src.patch_embed.projection.weight.detach())
+    assert model.patch_embed.projection.weight.shape == (32, in_chans, 16, 16)
+    assert torch.equal(model.patch_embed.projection.weight, expected)
+    assert torch.equal(model.layers[2].att.key.weight, src.layers[2].att.key.weight)
+
+
+def test_pretrained_file_with_python_objects_is_refused(tmp_path):
+    src, _ = save_official(tmp_path)
+    path = tmp_path / 'unsafe.pth'
+    torch.save(dict(official_classification_checkpoint(src), meta=NotATensor()), path)
+    with pytest.raises(RuntimeError, match=r'unsafe\.pth holds Python objects that weights_only=True refuses.*'
+                                           r'NotATensor'):
+        timm_from_file(path)
+
+
+def assert_raised_here(excinfo, filename):
+    """The error is ours (raised in ``filename``), with no torch traceback chained to it."""
+    error = excinfo.value
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+    assert excinfo.traceback[-1].path.name == filename
+
+
+def test_truncated_pretrained_file_names_the_file(tmp_path):
+    _, path = save_official(tmp_path)
+    data = path.read_bytes()
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(data[:len(data) // 2])
+    with pytest.raises(RuntimeError, match=r'checkpoint .*truncated\.pth is truncated or corrupt') as excinfo:
+        timm_from_file(truncated)
+    assert_raised_here(excinfo, 'checkpoint_file.py')
+    with pytest.raises(FileNotFoundError, match='missing.pth does not exist'):
+        timm_from_file(tmp_path / 'missing.pth')
+
+
+def foreign_state_dict():
+    """A ViT's keys: neither our format nor the official one."""
+    return timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=16, depth=1).state_dict()
+
+
+def test_checkpoint_of_another_architecture_names_unexpected_and_missing_keys(tmp_path):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"unexpected keys, e\.g\. \[.*'cls_token'.*missing keys, e\.g\. "
+                                         r"\[.*'patch_embed\.projection\.weight'") as excinfo:
+        checkpoint_filter_fn(foreign_state_dict(), model)
+    assert_raised_here(excinfo, 'vrwkv.py')
+    path = tmp_path / 'vit.pth'
+    torch.save(foreign_state_dict(), path)
+    for num_classes in (1000, 5):  # another num_classes: timm itself would load non-strictly
+        with pytest.raises(ValueError, match=r'checkpoint .*vit\.pth: checkpoint keys match neither.*'
+                                             r'missing keys') as excinfo:
+            timm_from_file(path, num_classes=num_classes)
+        assert_raised_here(excinfo, 'vrwkv.py')
+    with pytest.raises(ValueError, match='expected a state dict'):
+        checkpoint_filter_fn([torch.zeros(3)], model)
+
+
+def test_truncated_state_dict_names_the_missing_keys(tmp_path):
+    """A checkpoint cut short (its last blocks absent) is refused, also where timm would load non-strictly."""
+    src, _ = save_official(tmp_path)
+    state = {k: v for k, v in official_classification_checkpoint(src)['state_dict'].items()
+             if not k.startswith('backbone.layers.2.')}
+    with pytest.raises(ValueError, match=r"0 unexpected keys.*missing keys, e\.g\. \['layers\.2\."):
+        checkpoint_filter_fn({'state_dict': state}, tiny_model())
+    path = tmp_path / 'short.pth'
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(ValueError, match=r"short\.pth: .*missing keys, e\.g\. \['layers\.2\."):
+        timm_from_file(path, num_classes=5)
+
+
+def test_headless_model_loads_checkpoint_with_pre_logits_head(tmp_path):
+    """VRWKV-L's fc + tanh belongs to its classifier: num_classes=0 builds neither and loads the rest."""
+    src, path = save_official(tmp_path, head_hidden_size=48)
+    model = timm_from_file(path, head_hidden_size=48, num_classes=0).eval()
+    assert isinstance(model.pre_logits, torch.nn.Identity) and model.head_hidden_size == 32
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model(x), src.eval().forward_features(x).mean(1))
 
 
 @pytest.mark.parametrize('init_mode,decay,mix', [('local', 1.0, 1.0), ('global', 0.0, 0.5)])

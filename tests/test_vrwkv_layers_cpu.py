@@ -10,18 +10,20 @@ from conftest import rel_err
 
 
 def q_shift_by_slices(x, grid, shift_pixel=1, gamma=0.25):
-    """Q-Shift written as zeros plus slice assignments (autograd through the slices)."""
+    """The official q_shift (OpenGVLab/Vision-RWKV, classification/mmcls_custom/models/backbones/vrwkv.py)
+    transcribed: (B, C, H, W) zeros plus slice assignments at channel boundaries int(C*gamma*n)
+    (autograd through the slices)."""
     B, N, C = x.shape
     H, W = grid
-    s, g = shift_pixel, int(C * gamma)
-    x = x.view(B, H, W, C)
+    s = shift_pixel
+    x = x.transpose(1, 2).reshape(B, C, H, W)
     out = torch.zeros_like(x)
-    out[:, :, s:, 0:g] = x[:, :, :W - s, 0:g]
-    out[:, :, :W - s, g:2 * g] = x[:, :, s:, g:2 * g]
-    out[:, s:, :, 2 * g:3 * g] = x[:, :H - s, :, 2 * g:3 * g]
-    out[:, :H - s, :, 3 * g:4 * g] = x[:, s:, :, 3 * g:4 * g]
-    out[..., 4 * g:] = x[..., 4 * g:]
-    return out.view(B, N, C)
+    out[:, 0:int(C * gamma), :, s:W] = x[:, 0:int(C * gamma), :, 0:W - s]
+    out[:, int(C * gamma):int(C * gamma * 2), :, 0:W - s] = x[:, int(C * gamma):int(C * gamma * 2), :, s:W]
+    out[:, int(C * gamma * 2):int(C * gamma * 3), s:H, :] = x[:, int(C * gamma * 2):int(C * gamma * 3), 0:H - s, :]
+    out[:, int(C * gamma * 3):int(C * gamma * 4), 0:H - s, :] = x[:, int(C * gamma * 3):int(C * gamma * 4), s:H, :]
+    out[:, int(C * gamma * 4):, ...] = x[:, int(C * gamma * 4):, ...]
+    return out.flatten(2).transpose(1, 2)
 
 
 def shift_mix_by_autograd(x, grid, mixes, shift_pixel, gamma):
@@ -33,7 +35,21 @@ class SquaredReLUByAutograd:
     apply = staticmethod(lambda x: torch.square(torch.relu(x)))
 
 
-SHAPES = [(2, 5, 6, 9, 1, 0.25), (1, 3, 4, 8, 2, 0.25), (2, 4, 4, 10, 1, 0.1), (2, 14, 14, 64, 1, 0.25)]
+# C = 9, 30 (gamma 1/4) and 10 (gamma 0.1): the official boundaries int(C*gamma*n) differ from n*int(C*gamma)
+SHAPES = [(2, 5, 6, 9, 1, 0.25), (1, 3, 4, 8, 2, 0.25), (2, 4, 4, 10, 1, 0.1), (2, 14, 14, 64, 1, 0.25),
+          (2, 4, 5, 30, 1, 0.25), (1, 5, 3, 30, 2, 0.25)]
+
+
+def test_q_shift_groups_follow_official_boundaries():
+    """C = 30, gamma = 1/4: groups [0, 7), [7, 15), [15, 22), [22, 30) (official), not 7-wide groups and a
+    2-channel pass-through."""
+    assert shift._group_bounds(30, 0.25) == (0, 7, 15, 22, 30)
+    assert [int(30 * 0.25 * n) for n in range(5)] != [n * int(30 * 0.25) for n in range(5)]
+    x = torch.randn(1, 4 * 5, 30)
+    out = q_shift(x, (4, 5))
+    assert torch.equal(out, q_shift_by_slices(x, (4, 5)))
+    below = x.view(1, 4, 5, 30)[:, 1:, :, 28:]  # channels 28, 29 come from the patch below
+    assert torch.equal(out.view(1, 4, 5, 30)[:, :-1, :, 28:], below)
 
 
 @pytest.mark.parametrize('B,H,W,C,s,gamma', SHAPES)

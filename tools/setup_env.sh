@@ -29,3 +29,9 @@ if ! .venv/bin/python -c "import mmcv.ops" 2>/dev/null; then
     .venv/bin/pip install --no-build-isolation mmcv==2.1.0
 fi
 .venv/bin/pip install -e ".[dev,seg,sam]"
+# tests/test_timm_contract.py runs timm's own tests/test_models.py on our models: it reads the file from the
+# sdist of the installed timm version, downloaded here once (tests never download).
+TIMM_VERSION=$(.venv/bin/python -c "import timm; print(timm.__version__)")
+if [ ! -f ".cache/timm-sdist/timm-$TIMM_VERSION.tar.gz" ]; then
+  .venv/bin/pip download --no-deps --no-binary :all: -d .cache/timm-sdist "timm==$TIMM_VERSION"
+fi

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import CheckpointLoader
+
+from vision_rwkv.models.checkpoint_file import load_checkpoint_file
 
 
 def atomic_write(data: bytes, path: Union[str, Path]) -> None:
@@ -57,16 +57,7 @@ class AtomicLocalBackend(LocalBackend):
 
 def load_local_checkpoint(filename: str, map_location=None) -> dict:
     """``torch.load(filename, weights_only=True)`` with errors that name the file and the cause."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {filename} does not exist')
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise RuntimeError(f'checkpoint {filename} holds Python objects that weights_only=True refuses '
-                           f'to load; re-save it as tensors and plain containers. ({e})') from e
-    except (RuntimeError, EOFError) as e:
-        raise RuntimeError(f'checkpoint {filename} is truncated or corrupt: {e}') from e
+    return load_checkpoint_file(filename, map_location=map_location)
 
 
 CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import timm
 import torch
@@ -10,8 +10,10 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import clean_state_dict
 
 from vision_rwkv.models import VRWKV, checkpoint_filter_fn
+from vision_rwkv.models.checkpoint_file import load_checkpoint_file
 
 from .errors import ConfigError
 from .optim import timm_layer_ids
@@ -33,6 +35,39 @@ def create_timm_model(model_name: str, **kwargs) -> torch.nn.Module:
         raise ConfigError(f'timm model {model_name!r} does not accept one of {sorted(kwargs)}: {e}') from e
 
 
+def _create_classifier(model_name: str, num_classes: int, pretrained: Union[bool, str], **kwargs) -> torch.nn.Module:
+    """``create_timm_model`` with the weights of a checkpoint file (``pretrained`` a path) handed to timm's
+    loader as a state dict, so that the file itself is only ever read with ``weights_only=True``."""
+    if not isinstance(pretrained, str):
+        return create_timm_model(model_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    overlay = dict(file=pretrained, state_dict=read_pretrained_file(pretrained))
+    try:
+        model = create_timm_model(model_name, pretrained=True, num_classes=num_classes,
+                                  pretrained_cfg_overlay=overlay, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # the model's checkpoint filter refused the weights
+        raise ConfigError(f'pretrained checkpoint {pretrained}: {e}') from None
+    model.pretrained_cfg.pop('state_dict', None)  # the config keeps the file name, not the loaded tensors
+    return model
+
+
+def read_pretrained_file(path: str) -> Dict[str, torch.Tensor]:
+    """The weights of a checkpoint file as timm's ``pretrained_cfg_overlay=dict(file=...)`` reads them
+    (EMA entry first, then ``state_dict`` / ``model``; ``module.`` prefixes stripped), always with
+    ``weights_only=True``: a file holding other Python objects, or a damaged one, is a ``ConfigError``."""
+    try:
+        checkpoint = load_checkpoint_file(path)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict')
+    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
+        if checkpoint.get(key) is not None:
+            return clean_state_dict(checkpoint[key])
+    return clean_state_dict(checkpoint)
+
+
 @MODELS.register_module()
 class TimmClassifier(BaseModel):
     """Image classifier around ``timm.create_model(model_name, num_classes=..., **model_kwargs)``.
@@ -42,7 +77,8 @@ class TimmClassifier(BaseModel):
         num_classes: classifier outputs; checked against the data set before training.
         model_kwargs: further ``timm.create_model`` arguments (``drop_path_rate``, ``img_size``, ...).
         pretrained: ``True`` loads the model's default pretrained weights through timm; a path loads
-            that file instead (official Vision-RWKV checkpoints are converted by the model's filter).
+            that file instead, with ``weights_only=True`` (official Vision-RWKV checkpoints are
+            converted by the model's filter; timm adapts the classifier and the input channels).
         label_smoothing: label smoothing of the cross-entropy loss (also used by Mixup's targets).
         mixup: arguments of ``timm.data.Mixup`` (``mixup_alpha``, ``cutmix_alpha``, ``prob``,
             ``switch_prob``, ...), applied to training batches; ``None`` disables it.
@@ -59,10 +95,7 @@ class TimmClassifier(BaseModel):
         super().__init__(data_preprocessor=data_preprocessor)
         self.model_name = model_name
         self.num_classes = num_classes
-        kwargs = dict(model_kwargs or {})
-        if isinstance(pretrained, str):
-            kwargs['pretrained_cfg_overlay'] = dict(file=pretrained)
-        self.model = create_timm_model(model_name, pretrained=bool(pretrained), num_classes=num_classes, **kwargs)
+        self.model = _create_classifier(model_name, num_classes, pretrained, **(model_kwargs or {}))
         self.mixup = Mixup(**{'label_smoothing': label_smoothing, **mixup, 'num_classes': num_classes}) \
             if mixup else None
         self.mixup_loss = SoftTargetCrossEntropy()

@@ -10,7 +10,7 @@ Paper: "Vision Transformer Adapter for Dense Predictions", https://arxiv.org/abs
 (used unchanged by Vision-RWKV for ADE20K; parameter names follow the official code).
 """
 from functools import partial
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -62,25 +62,28 @@ class SpatialPriorModule(nn.Module):
     """ResNet-style stem and three stride-2 convs, projected to ``embed_dim``.
 
     (B, 3, H, W) -> c1 (B, D, H/4, W/4) and c2, c3, c4 as tokens (B, H·W/64, D), (B, H·W/256, D),
-    (B, H·W/1024, D).
+    (B, H·W/1024, D). ``norm_layer(num_features, device=..., dtype=...)`` builds the batch norms.
     """
 
     def __init__(self, inplanes: int = 64, embed_dim: int = 384,
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
 
         def conv_bn_relu(cin: int, cout: int, stride: int) -> List[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), norm_layer(cout), nn.ReLU(inplace=True)]
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False, **dd), norm_layer(cout, **dd),
+                    nn.ReLU(inplace=True)]
 
         self.stem = nn.Sequential(*conv_bn_relu(3, inplanes, 2), *conv_bn_relu(inplanes, inplanes, 1),
                                   *conv_bn_relu(inplanes, inplanes, 1), nn.MaxPool2d(3, 2, 1))
         self.conv2 = nn.Sequential(*conv_bn_relu(inplanes, 2 * inplanes, 2))
         self.conv3 = nn.Sequential(*conv_bn_relu(2 * inplanes, 4 * inplanes, 2))
         self.conv4 = nn.Sequential(*conv_bn_relu(4 * inplanes, 4 * inplanes, 2))
-        self.fc1 = nn.Conv2d(inplanes, embed_dim, 1)
-        self.fc2 = nn.Conv2d(2 * inplanes, embed_dim, 1)
-        self.fc3 = nn.Conv2d(4 * inplanes, embed_dim, 1)
-        self.fc4 = nn.Conv2d(4 * inplanes, embed_dim, 1)
+        self.fc1 = nn.Conv2d(inplanes, embed_dim, 1, **dd)
+        self.fc2 = nn.Conv2d(2 * inplanes, embed_dim, 1, **dd)
+        self.fc3 = nn.Conv2d(4 * inplanes, embed_dim, 1, **dd)
+        self.fc4 = nn.Conv2d(4 * inplanes, embed_dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         c1 = self.stem(x)
@@ -93,9 +96,9 @@ class SpatialPriorModule(nn.Module):
 class DWConv(nn.Module):
     """3×3 depth-wise conv applied to each level of concatenated pyramid tokens."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, shapes: List[Tuple[int, int]]) -> torch.Tensor:
         """x: (B, N, C) tokens of the levels ``shapes`` (Σ h·w = N) -> (B, N, C)."""
@@ -109,12 +112,14 @@ class DWConv(nn.Module):
 class ConvFFN(nn.Module):
     """Linear, depth-wise conv on each pyramid level, GELU, linear: (B, N, C) -> (B, N, C)."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.dwconv = DWConv(hidden_dim)
+        dd = dict(device=device, dtype=dtype)
+        self.fc1 = nn.Linear(dim, hidden_dim, **dd)
+        self.dwconv = DWConv(hidden_dim, **dd)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, dim, **dd)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, shapes: List[Tuple[int, int]]) -> torch.Tensor:
@@ -128,12 +133,14 @@ class Injector(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 6, n_points: int = 4, n_levels: int = 3,
                  deform_ratio: float = 1.0, init_values: float = 0.,
-                 norm_layer: Callable[[int], nn.Module] = LayerNorm6):
+                 norm_layer: Callable[..., nn.Module] = LayerNorm6,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.query_norm = norm_layer(dim)
-        self.feat_norm = norm_layer(dim)
-        self.attn = MSDeformAttn(dim, n_levels, num_heads, n_points, deform_ratio)
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+        dd = dict(device=device, dtype=dtype)
+        self.query_norm = norm_layer(dim, **dd)
+        self.feat_norm = norm_layer(dim, **dd)
+        self.attn = MSDeformAttn(dim, n_levels, num_heads, n_points, deform_ratio, **dd)
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values), **dd))
 
     def forward(self, query: torch.Tensor, feat: torch.Tensor, geometry: DeformInputs) -> torch.Tensor:
         """query: (B, N, D) backbone tokens; feat: (B, S, D) prior tokens -> (B, N, D)."""
@@ -146,14 +153,16 @@ class Extractor(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 6, n_points: int = 4, deform_ratio: float = 1.0,
                  with_cffn: bool = True, cffn_ratio: float = 0.25, drop: float = 0., drop_path: float = 0.,
-                 norm_layer: Callable[[int], nn.Module] = LayerNorm6):
+                 norm_layer: Callable[..., nn.Module] = LayerNorm6,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.query_norm = norm_layer(dim)
-        self.feat_norm = norm_layer(dim)
-        self.attn = MSDeformAttn(dim, 1, num_heads, n_points, deform_ratio)
+        dd = dict(device=device, dtype=dtype)
+        self.query_norm = norm_layer(dim, **dd)
+        self.feat_norm = norm_layer(dim, **dd)
+        self.attn = MSDeformAttn(dim, 1, num_heads, n_points, deform_ratio, **dd)
         if with_cffn:
-            self.ffn = ConvFFN(dim, int(dim * cffn_ratio), drop)
-            self.ffn_norm = norm_layer(dim)
+            self.ffn = ConvFFN(dim, int(dim * cffn_ratio), drop, **dd)
+            self.ffn_norm = norm_layer(dim, **dd)
             self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         else:
             self.ffn = None
@@ -178,11 +187,13 @@ class InteractionBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int = 6, n_points: int = 4, deform_ratio: float = 1.0,
                  init_values: float = 0., with_cffn: bool = True, cffn_ratio: float = 0.25, drop: float = 0.,
                  drop_path: float = 0., extra_extractor: bool = False,
-                 norm_layer: Callable[[int], nn.Module] = LayerNorm6):
+                 norm_layer: Callable[..., nn.Module] = LayerNorm6,
+                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.injector = Injector(dim, num_heads, n_points, 3, deform_ratio, init_values, norm_layer)
+        dd = dict(device=device, dtype=dtype)
+        self.injector = Injector(dim, num_heads, n_points, 3, deform_ratio, init_values, norm_layer, **dd)
         extractors = [Extractor(dim, num_heads, n_points, deform_ratio, with_cffn, cffn_ratio, drop, drop_path,
-                                norm_layer) for _ in range(3 if extra_extractor else 1)]
+                                norm_layer, **dd) for _ in range(3 if extra_extractor else 1)]
         self.extractor = extractors[0]
         self.extra_extractors = nn.Sequential(*extractors[1:]) if extra_extractor else None
 

@@ -1,8 +1,9 @@
 """Channel Mix of Vision-RWKV: Q-Shift, squared-ReLU MLP gated by a receptance."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+from timm.models import register_notrace_function
 
 from .shift import shift_mix
 from .token_mix import channel_mix_init
@@ -24,6 +25,12 @@ class _SquaredReLU(torch.autograd.Function):
         return torch.addcmul(g.new_zeros(()), g, r, value=2)  # 2·g·r in one pass
 
 
+@register_notrace_function  # one torch.fx node, so traced graphs keep the fused backward
+def squared_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)^2 of any shape, with the one-pass backward of ``_SquaredReLU``."""
+    return _SquaredReLU.apply(x)
+
+
 class ChannelMix(nn.Module):
     """Channel mixing of a VRWKV block (official name: ``VRWKV_ChannelMix``).
 
@@ -40,19 +47,22 @@ class ChannelMix(nn.Module):
             channel_gamma: float = 0.25,
             init_mode: str = 'fancy',
             key_norm: bool = False,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.shift_pixel = shift_pixel
         self.channel_gamma = channel_gamma
         hidden = int(hidden_rate * dim)
         if shift_pixel > 0:
             init = channel_mix_init(dim, layer_id, num_layers, init_mode)
-            self.spatial_mix_k = nn.Parameter(init['spatial_mix_k'])
-            self.spatial_mix_r = nn.Parameter(init['spatial_mix_r'])
-        self.key = nn.Linear(dim, hidden, bias=False)
-        self.key_norm = nn.LayerNorm(hidden) if key_norm else None
-        self.receptance = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(hidden, dim, bias=False)
+            self.spatial_mix_k = nn.Parameter(init['spatial_mix_k'].to(**dd))
+            self.spatial_mix_r = nn.Parameter(init['spatial_mix_r'].to(**dd))
+        self.key = nn.Linear(dim, hidden, bias=False, **dd)
+        self.key_norm = nn.LayerNorm(hidden, **dd) if key_norm else None
+        self.receptance = nn.Linear(dim, dim, bias=False, **dd)
+        self.value = nn.Linear(hidden, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
@@ -61,7 +71,7 @@ class ChannelMix(nn.Module):
             xk, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma)
         else:
             xk = xr = x
-        k = _SquaredReLU.apply(self.key(xk))
+        k = squared_relu(self.key(xk))
         if self.key_norm is not None:
             k = self.key_norm(k)
         return torch.sigmoid(self.receptance(xr)) * self.value(k)

@@ -73,19 +73,21 @@ class MSDeformAttn(nn.Module):
         n_heads: attention heads; ``ratio × d_model`` must divide by it.
         n_points: sampling points per head and level.
         ratio: value width as a fraction of ``d_model`` (ViT-Adapter ``deform_ratio``).
+        device, dtype: factory arguments of the parameters.
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
-                 ratio: float = 1.0):
+                 ratio: float = 1.0, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         value_dim = int(d_model * ratio)
         if value_dim % n_heads:
             raise ValueError(f'value width d_model*ratio = {value_dim} must be divisible by n_heads = {n_heads}')
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, value_dim)
-        self.output_proj = nn.Linear(value_dim, d_model)
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2, **dd)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points, **dd)
+        self.value_proj = nn.Linear(d_model, value_dim, **dd)
+        self.output_proj = nn.Linear(value_dim, d_model, **dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

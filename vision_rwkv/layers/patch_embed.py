@@ -1,11 +1,13 @@
 """Patch embedding and absolute position embedding resampling."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import register_notrace_function, register_notrace_module
 
 
+@register_notrace_module  # one torch.fx node: its input checks and padding are Python control flow on shapes
 class PatchEmbed(nn.Module):
     """Non-overlapping conv patch embedding (official parameter name ``projection``).
 
@@ -17,6 +19,7 @@ class PatchEmbed(nn.Module):
         strict_img_size: require inputs of exactly ``img_size``.
         dynamic_img_pad: pad inputs bottom/right to a multiple of the patch size (as the official
             ``AdaptivePadding``); otherwise such inputs are an error.
+        device, dtype: factory arguments of the projection.
     """
 
     def __init__(
@@ -27,6 +30,8 @@ class PatchEmbed(nn.Module):
             embed_dim: int,
             strict_img_size: bool = True,
             dynamic_img_pad: bool = False,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         self.img_size = tuple(img_size)
@@ -35,7 +40,8 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.strict_img_size = strict_img_size
         self.dynamic_img_pad = dynamic_img_pad
-        self.projection = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.projection = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size,
+                                    device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """x: (B, in_chans, H, W) -> tokens (B, N, embed_dim) in row-major order and grid (H', W')."""
@@ -59,6 +65,7 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
+@register_notrace_function  # one torch.fx node: it compares grid sizes in Python
 def resample_pos_embed(
         pos_embed: torch.Tensor,
         old_grid: Tuple[int, int],

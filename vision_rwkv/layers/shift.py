@@ -2,6 +2,7 @@
 from typing import Tuple
 
 import torch
+from timm.models import register_notrace_function
 
 
 def _check_shift(x: torch.Tensor, grid: Tuple[int, int], gamma: float) -> None:
@@ -12,10 +13,18 @@ def _check_shift(x: torch.Tensor, grid: Tuple[int, int], gamma: float) -> None:
         raise ValueError(f'q_shift: grid {H}x{W} does not match {x.shape[1]} tokens')
 
 
+def _group_bounds(C: int, gamma: float) -> Tuple[int, int, int, int, int]:
+    """Channel boundaries of the four shifted groups, int(C * gamma * n) for n = 0..4 (official q_shift).
+
+    Not n * int(C * gamma): for C = 30, gamma = 1/4 the groups are [0, 7), [7, 15), [15, 22), [22, 30).
+    """
+    return tuple(int(C * gamma * n) for n in range(5))
+
+
 def _groups(C: int, gamma: float, transpose: bool) -> Tuple[slice, slice, slice, slice]:
     """Channels taken from the left, right, upper and lower neighbour (swapped when ``transpose``)."""
-    g = int(C * gamma)
-    from_left, from_right, from_up, from_down = (slice(i * g, (i + 1) * g) for i in range(4))
+    b = _group_bounds(C, gamma)
+    from_left, from_right, from_up, from_down = (slice(b[i], b[i + 1]) for i in range(4))
     if transpose:
         return from_right, from_left, from_down, from_up
     return from_left, from_right, from_up, from_down
@@ -55,16 +64,16 @@ def _add_transposed_shift_(out: torch.Tensor, x: torch.Tensor, grid: Tuple[int, 
     out[:, :, :W - s, from_right] += x[:, :, s:, from_right]
     out[:, s:, :, from_up] += x[:, :H - s, :, from_up]
     out[:, :H - s, :, from_down] += x[:, s:, :, from_down]
-    rest = 4 * int(C * gamma)
+    rest = _group_bounds(C, gamma)[4]
     out[..., rest:] += x[..., rest:]
 
 
 def q_shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int = 1, gamma: float = 0.25) -> torch.Tensor:
     """Shift four channel groups by ``shift_pixel`` from the left, right, top and bottom neighbour.
 
-    Channel group g = int(C * gamma): channels [0, g) take the value of the patch to the left,
-    [g, 2g) the patch to the right, [2g, 3g) the patch above, [3g, 4g) the patch below (zeros at
-    the border); the remaining channels pass through unchanged.
+    With boundaries b_n = int(C * gamma * n) as in the official code, channels [b_0, b_1) take the
+    value of the patch to the left, [b_1, b_2) the patch to the right, [b_2, b_3) the patch above,
+    [b_3, b_4) the patch below (zeros at the border); the remaining channels pass through unchanged.
 
     Args:
         x: (B, N, C) tokens in row-major grid order, N = H * W.
@@ -112,6 +121,7 @@ class _ShiftMix(torch.autograd.Function):
         return (g_x, None, None, None, *g_mixes)
 
 
+@register_notrace_function  # one torch.fx node: its checks are Python control flow on the grid
 def shift_mix(
         x: torch.Tensor,
         grid: Tuple[int, int],

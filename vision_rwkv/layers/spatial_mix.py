@@ -1,8 +1,9 @@
 """Spatial Mix of Vision-RWKV: Q-Shift, receptance/key/value projections and Bi-WKV."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+from timm.models import register_notrace_function
 
 from vision_rwkv.kernels import bi_wkv, bi_wkv_2d
 
@@ -13,6 +14,10 @@ from .token_mix import spatial_mix_init
 WKV_MODES = ('raster', 'cross', '2d')
 #: Bi-WKV arithmetic: Eq. 5 of the paper, or the official CUDA kernels' (raster only; see ``bi_wkv``).
 WKV_FORMULAS = ('paper', 'official')
+
+# torch.fx (timm feature extraction) keeps every Bi-WKV call one graph node, around its torch.library op
+register_notrace_function(bi_wkv)
+register_notrace_function(bi_wkv_2d)
 
 
 class SpatialMix(nn.Module):
@@ -43,8 +48,11 @@ class SpatialMix(nn.Module):
             key_norm: bool = False,
             wkv_mode: str = 'raster',
             wkv_formula: str = 'paper',
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if wkv_mode not in WKV_MODES:
             raise ValueError(f'wkv_mode must be one of {WKV_MODES}, got {wkv_mode!r}')
         self.wkv_mode = wkv_mode
@@ -52,17 +60,18 @@ class SpatialMix(nn.Module):
         self.shift_pixel = shift_pixel
         self.channel_gamma = channel_gamma
         init = spatial_mix_init(dim, layer_id, num_layers, init_mode)
+        init = {name: value.to(**dd) for name, value in init.items()}
         self.spatial_decay = nn.Parameter(init['spatial_decay'])
         self.spatial_first = nn.Parameter(init['spatial_first'])
         if shift_pixel > 0:
             self.spatial_mix_k = nn.Parameter(init['spatial_mix_k'])
             self.spatial_mix_v = nn.Parameter(init['spatial_mix_v'])
             self.spatial_mix_r = nn.Parameter(init['spatial_mix_r'])
-        self.key = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(dim, dim, bias=False)
-        self.receptance = nn.Linear(dim, dim, bias=False)
-        self.key_norm = nn.LayerNorm(dim) if key_norm else None
-        self.output = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False, **dd)
+        self.value = nn.Linear(dim, dim, bias=False, **dd)
+        self.receptance = nn.Linear(dim, dim, bias=False, **dd)
+        self.key_norm = nn.LayerNorm(dim, **dd) if key_norm else None
+        self.output = nn.Linear(dim, dim, bias=False, **dd)
 
     def set_wkv_formula(self, formula: str) -> None:
         """Use ``formula`` ('paper' or 'official') for Bi-WKV from now on."""

@@ -149,10 +149,10 @@ class MMSegVRWKVAdapter(_PretrainedBackbone, VRWKVAdapter):
 
 
 def _norm_builder(norm_cfg: dict):
-    """``norm_cfg`` (mmcv ``build_norm_layer`` config) -> a ``num_features -> nn.Module`` factory."""
+    """``norm_cfg`` (mmcv ``build_norm_layer`` config) -> a ``(num_features, device, dtype) -> nn.Module`` factory."""
     from mmcv.cnn import build_norm_layer
 
-    def build(num_features: int) -> torch.nn.Module:
-        return build_norm_layer(norm_cfg, num_features)[1]
+    def build(num_features: int, device=None, dtype=None) -> torch.nn.Module:
+        return build_norm_layer(dict(norm_cfg, device=device, dtype=dtype), num_features)[1]
 
     return build

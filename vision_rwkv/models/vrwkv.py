@@ -11,7 +11,7 @@ https://arxiv.org/abs/2403.02308
 """
 import logging
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -19,11 +19,13 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, to_2tuple, trunc_normal_
-from timm.models import adapt_input_conv, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, load_pretrained, register_model
 from timm.models._features import feature_take_indices
 
 from vision_rwkv.layers import ChannelMix, PatchEmbed, SpatialMix, resample_pos_embed
 from vision_rwkv.layers.spatial_mix import WKV_FORMULAS
+
+from .checkpoint_file import load_checkpoint_file
 
 __all__ = ['VRWKV', 'Block', 'checkpoint_filter_fn']
 
@@ -36,7 +38,8 @@ class Block(nn.Module):
     """VRWKV block: x + drop_path(gamma1 * att(ln1(x))), then the same with ffn and ln2.
 
     With ``post_norm`` the norms move to the branch outputs: x + drop_path(gamma1 * ln1(att(x))).
-    Block 0 first normalises its input with ``ln0``.
+    Block 0 first normalises its input with ``ln0``. ``device`` and ``dtype`` are the parameters' factory
+    arguments.
     """
 
     def __init__(
@@ -54,18 +57,22 @@ class Block(nn.Module):
             drop_path: float = 0.,
             wkv_mode: str = 'raster',
             wkv_formula: str = 'paper',
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.post_norm = post_norm
-        self.ln0 = nn.LayerNorm(dim) if layer_id == 0 else None
-        self.ln1 = nn.LayerNorm(dim)
-        self.ln2 = nn.LayerNorm(dim)
-        self.att = SpatialMix(dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm, wkv_mode,
-                              wkv_formula)
-        self.ffn = ChannelMix(dim, layer_id, num_layers, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm)
+        self.ln0 = nn.LayerNorm(dim, **dd) if layer_id == 0 else None
+        self.ln1 = nn.LayerNorm(dim, **dd)
+        self.ln2 = nn.LayerNorm(dim, **dd)
+        self.att = SpatialMix(
+            dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm, wkv_mode, wkv_formula, **dd)
+        self.ffn = ChannelMix(
+            dim, layer_id, num_layers, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm, **dd)
         if init_values is not None:
-            self.gamma1 = nn.Parameter(torch.full((dim,), float(init_values)))
-            self.gamma2 = nn.Parameter(torch.full((dim,), float(init_values)))
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(init_values), **dd))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(init_values), **dd))
         else:
             self.gamma1 = self.gamma2 = None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -112,13 +119,16 @@ class VRWKV(nn.Module):
             value given here is kept whatever the checkpoint records.
         init_values: layer-scale initial value (None: no layer scale).
         final_norm: LayerNorm ``ln1`` after the last block.
-        head_hidden_size: width of a fc + tanh pre-logits layer before the classifier (official L: 3072).
+        head_hidden_size: width of a fc + tanh pre-logits layer before the classifier (official L: 3072);
+            part of the classifier head, so a model created with ``num_classes=0`` has none.
         drop_rate: dropout before the classifier.
         pos_drop_rate: dropout after adding the position embedding (official ``drop_rate``).
         drop_path_rate: stochastic depth, linearly increasing over the blocks.
         dynamic_img_size: accept any input size, resampling the position embedding.
         dynamic_img_pad: pad inputs to a multiple of the patch size.
         interpolate_mode: position-embedding resampling mode.
+        device: device of the parameters (e.g. 'meta' to build without allocating).
+        dtype: dtype of the floating-point parameters.
     """
 
     def __init__(
@@ -147,10 +157,14 @@ class VRWKV(nn.Module):
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
             interpolate_mode: str = 'bicubic',
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f'global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}')
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.embed_dim = embed_dim
@@ -161,32 +175,32 @@ class VRWKV(nn.Module):
 
         self.patch_embed = PatchEmbed(
             to_2tuple(img_size), patch_size, in_chans, embed_dim,
-            strict_img_size=not dynamic_img_size, dynamic_img_pad=dynamic_img_pad)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+            strict_img_size=not dynamic_img_size, dynamic_img_pad=dynamic_img_pad, **dd)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim, **dd))
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as torch.linspace
         self.layers = nn.ModuleList([
             Block(embed_dim, i, depth, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm,
-                  post_norm, init_values, dpr[i], wkv_mode, wkv_formula or 'paper')
+                  post_norm, init_values, dpr[i], wkv_mode, wkv_formula or 'paper', **dd)
             for i in range(depth)])
         self.wkv_formula_fixed = wkv_formula is not None
         self.register_buffer('wkv_formula_id', torch.tensor(WKV_FORMULAS.index(wkv_formula or 'paper'),
-                                                            dtype=torch.uint8))
-        self.ln1 = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
+                                                            dtype=torch.uint8, device=device))
+        self.ln1 = nn.LayerNorm(embed_dim, **dd) if final_norm else nn.Identity()
         self.feature_info = [
             dict(module=f'layers.{i}', num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
 
-        if head_hidden_size:
+        if head_hidden_size and num_classes > 0:
             self.pre_logits = nn.Sequential(OrderedDict([
-                ('fc', nn.Linear(embed_dim, head_hidden_size)), ('act', nn.Tanh())]))
+                ('fc', nn.Linear(embed_dim, head_hidden_size, **dd)), ('act', nn.Tanh())]))
             self.head_hidden_size = head_hidden_size
         else:
             self.pre_logits = nn.Identity()
             self.head_hidden_size = embed_dim
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.head = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)  # runs on the meta device too (the init ops have meta kernels)
 
     # ---- Bi-WKV formula ----------------------------------------------------------------------
     @property
@@ -251,7 +265,23 @@ class VRWKV(nn.Module):
             self.global_pool = global_pool
         device, dtype = self.pos_embed.device, self.pos_embed.dtype
         self.head = (nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
-                     if num_classes > 0 else nn.Identity())
+                     if num_classes > 0 else nn.Identity()).train(self.training)
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """Load a pretrained checkpoint file: timm calls this for our configs (``custom_load``).
+
+        The file is read with ``weights_only=True`` (errors name the file), then timm's own
+        ``load_pretrained`` converts it with ``checkpoint_filter_fn``, adapts the patch projection
+        to ``in_chans`` and drops a classifier of another ``num_classes``.
+        """
+        state_dict = load_checkpoint_file(checkpoint_path)
+        cfg = dict(getattr(self, 'pretrained_cfg', None) or _cfg(), source='', state_dict=state_dict)
+        try:
+            load_pretrained(self, cfg, num_classes=self.num_classes, in_chans=self.in_chans,
+                            filter_fn=checkpoint_filter_fn)
+        except ValueError as e:  # a checkpoint of another format: say which file
+            raise ValueError(f'checkpoint {checkpoint_path}: {e}') from None
 
     # ---- forward ----------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -341,9 +371,9 @@ class VRWKV(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[:max_index + 1]
         if prune_norm:
-            self.ln1 = nn.Identity()
+            self.ln1 = nn.Identity().train(self.training)
         if prune_head:
-            self.pre_logits = nn.Identity()
+            self.pre_logits = nn.Identity().train(self.training)
             self.head_hidden_size = self.embed_dim
             self.reset_classifier(0, '')
         return take_indices
@@ -371,6 +401,8 @@ _NON_BACKBONE_PREFIXES = (
     'spm.', 'interactions.', 'level_embed', 'up.', 'norm1.', 'norm2.', 'norm3.', 'norm4.',
 )
 _STRIP_PREFIXES = ('module.', 'model.', 'backbone.')
+# What follows the blocks: a checkpoint's final norm and classifier are dropped for a model without them.
+_TOP_PREFIXES = ('ln1.', 'pre_logits.', 'head.')
 
 
 def official_formula_id() -> torch.Tensor:
@@ -378,9 +410,12 @@ def official_formula_id() -> torch.Tensor:
     return torch.tensor(WKV_FORMULAS.index('official'), dtype=torch.uint8)
 
 
-def _unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint (``state_dict`` / ``model`` / ``module`` entry, or itself)."""
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f'expected a state dict (names -> tensors), got a {type(checkpoint).__name__}')
     for key in ('state_dict', 'model', 'module'):
-        if key in checkpoint and isinstance(checkpoint[key], dict):
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
             return checkpoint[key]
     return checkpoint
 
@@ -414,6 +449,17 @@ def resample_square_pos_embed(pos_embed: torch.Tensor, model: VRWKV) -> torch.Te
     return resample_pos_embed(pos_embed, (side, side), model.patch_embed.grid_size, model.interpolate_mode)
 
 
+def _check_keys(state_dict: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Raise when the converted keys are not exactly the model's, naming a few of each kind."""
+    unexpected = [k for k in state_dict if k not in own]
+    missing = [k for k in own if k not in state_dict]
+    if unexpected or missing:
+        raise ValueError(
+            f'checkpoint keys match neither the official Vision-RWKV formats (mmcls, InternImage-style VRWKV-L, '
+            f'mmseg VRWKV_Adapter) nor this {type(model).__name__}: {len(unexpected)} unexpected keys, e.g. '
+            f'{unexpected[:5]}; {len(missing)} missing keys, e.g. {missing[:5]}')
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, torch.Tensor]:
     """Convert an official Vision-RWKV checkpoint (or ours) to this model's state dict.
 
@@ -421,38 +467,45 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, 
     the InternImage-style format of VRWKV-L (``model`` with ``head.0/2.*``), and mmseg / mmdet
     checkpoints whose backbone is the official ``VRWKV_Adapter`` (adapter modules and decode heads
     are dropped; their missing final norm and classifier keep this model's initial values). The
-    position embedding is resampled to the model's grid and the patch projection adapted to
-    ``in_chans``. A checkpoint that records no Bi-WKV formula (``wkv_formula_id``: every official one) was
-    trained with the official kernels: the model switches to ``wkv_formula='official'`` as it loads,
-    unless the formula was given to its constructor.
+    position embedding is resampled to the model's grid; the patch projection is left to timm's
+    loader, which adapts it to ``in_chans`` (once). A checkpoint that records no Bi-WKV formula
+    (``wkv_formula_id``: every official one) was trained with the official kernels: the model switches to
+    ``wkv_formula='official'`` as it loads, unless the formula was given to its constructor.
+
+    Raises:
+        ValueError: the checkpoint is not a state dict, or its keys are not this model's after the
+            conversion (the message names a few unexpected and missing keys).
     """
-    state_dict = _unwrap_state_dict(state_dict)
     own = model.state_dict()
     out = {}
-    for key, value in state_dict.items():
+    for key, value in _unwrap_state_dict(state_dict).items():
         key = _rename_head(_strip_prefix(key))
-        if key.startswith(_NON_BACKBONE_PREFIXES):
-            continue
-        if key == 'pos_embed' and value.shape != own['pos_embed'].shape:
-            value = resample_square_pos_embed(value, model)
-        elif key == 'patch_embed.projection.weight' and value.shape[1] != own[key].shape[1]:
-            value = adapt_input_conv(own[key].shape[1], value)
-        out[key] = value
-    out.setdefault('wkv_formula_id', official_formula_id())
+        if not (key.startswith(_NON_BACKBONE_PREFIXES) or (key.startswith(_TOP_PREFIXES) and key not in own)):
+            out[key] = value
+    if out:
+        out.setdefault('wkv_formula_id', official_formula_id())
     backbone_only = not any(k.startswith(('head.', 'ln1.')) for k in out)
     if backbone_only:
         for key in own:
-            if key.startswith(('head.', 'pre_logits.', 'ln1.')) and key not in out:
+            if key.startswith(_TOP_PREFIXES) and key not in out:
                 _logger.info('checkpoint has no %s (backbone-only checkpoint); keeping the initial value', key)
                 out[key] = own[key]
+    _check_keys(out, own, model)
+    if out['pos_embed'].shape != own['pos_embed'].shape:
+        out['pos_embed'] = resample_square_pos_embed(out['pos_embed'], model)
     return out
 
 
 # ---- registration -----------------------------------------------------------------------------
 def _create_vrwkv(variant: str, pretrained: bool = False, **kwargs) -> VRWKV:
     out_indices = kwargs.pop('out_indices', 3)
+    overlay = kwargs.pop('pretrained_cfg_overlay', None) or {}
+    if overlay.get('file'):
+        # a weights file loads through VRWKV.load_pretrained too (timm resets custom_load when given a file)
+        overlay = {'custom_load': True, **overlay}
     return build_model_with_cfg(
         VRWKV, variant, pretrained,
+        pretrained_cfg_overlay=overlay,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
@@ -469,6 +522,8 @@ def _cfg(hf_hub_filename: str = '', **kwargs) -> Dict[str, Any]:
         'first_conv': 'patch_embed.projection', 'classifier': 'head',
         'license': 'apache-2.0', 'paper_ids': 'arXiv:2403.02308',
         'origin_url': 'https://github.com/OpenGVLab/Vision-RWKV',
+        # Hugging Face downloads (and, with _create_vrwkv, weights files) load through VRWKV.load_pretrained
+        'custom_load': 'hf',
         **kwargs,
     }
 
@@ -520,13 +575,13 @@ def vrwkv_large_patch16_224(pretrained: bool = False, **kwargs) -> VRWKV:
 @register_model
 def vrwkv_large_patch16_192(pretrained: bool = False, **kwargs) -> VRWKV:
     """VRWKV-L/16 at 192, ImageNet-22K pre-training (official)."""
-    return _create_vrwkv('vrwkv_large_patch16_192', pretrained, **dict(_LARGE, img_size=192, **kwargs))
+    return _create_vrwkv('vrwkv_large_patch16_192', pretrained, **dict(dict(_LARGE, img_size=192), **kwargs))
 
 
 @register_model
 def vrwkv_large_patch16_384(pretrained: bool = False, **kwargs) -> VRWKV:
     """VRWKV-L/16 at 384, 334.9M parameters, 86.0 top-1 after ImageNet-22K pre-training (official)."""
-    return _create_vrwkv('vrwkv_large_patch16_384', pretrained, **dict(_LARGE, img_size=384, **kwargs))
+    return _create_vrwkv('vrwkv_large_patch16_384', pretrained, **dict(dict(_LARGE, img_size=384), **kwargs))
 
 
 def _register_grid_mode(mode: str, size: str, arch: Dict[str, Any]) -> None:

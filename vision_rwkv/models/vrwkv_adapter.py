@@ -20,6 +20,7 @@ from timm.layers import trunc_normal_
 from vision_rwkv.layers.adapter import InteractionBlock, SpatialPriorModule, deform_inputs, pyramid_shapes
 from vision_rwkv.layers.ms_deform_attn import MSDeformAttn
 
+from .checkpoint_file import load_checkpoint_file
 from .vrwkv import VRWKV, _strip_prefix, _unwrap_state_dict, official_formula_id, resample_square_pos_embed
 
 __all__ = ['VRWKVAdapter', 'backbone_checkpoint_filter', 'load_backbone_checkpoint']
@@ -45,7 +46,10 @@ class VRWKVAdapter(VRWKV):
         deform_ratio: deformable attention value width as a fraction of the embedding width.
         add_rwkv_feature: add the resized backbone tokens of each group to the pyramid.
         use_extra_extractor: two more extractors after the last group.
-        norm_layer: the batch norm of the prior and the outputs (official: SyncBatchNorm).
+        norm_layer: the batch norm of the prior and the outputs (official: SyncBatchNorm), called as
+            ``norm_layer(num_features, device=..., dtype=...)``.
+        device: device of the parameters (e.g. 'meta' to build without allocating).
+        dtype: dtype of the floating-point parameters.
         **kwargs: ``VRWKV`` arguments (``img_size`` sets the position-embedding grid; inputs of
             other sizes resample it, as the official backbone does).
     """
@@ -62,11 +66,14 @@ class VRWKVAdapter(VRWKV):
             deform_ratio: float = 1.0,
             add_rwkv_feature: bool = True,
             use_extra_extractor: bool = True,
-            norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
             **kwargs: Any,
     ):
+        dd = dict(device=device, dtype=dtype)
         kwargs = dict(kwargs, num_classes=0, global_pool='', final_norm=False, dynamic_img_size=True)
-        super().__init__(**kwargs)
+        super().__init__(**kwargs, **dd)
         if kwargs.get('patch_size', 16) != 16:
             raise ValueError('the adapter aligns the tokens with the stride-16 prior level: patch_size must be 16')
         self.interaction_indexes = _check_groups(interaction_indexes, len(self.layers))
@@ -75,16 +82,16 @@ class VRWKVAdapter(VRWKV):
                              f'it needs 4 interaction groups, got {len(self.interaction_indexes)}')
         self.add_rwkv_feature = add_rwkv_feature
         dim = self.embed_dim
-        self.level_embed = nn.Parameter(torch.zeros(3, dim))
-        self.spm = SpatialPriorModule(conv_inplane, dim, norm_layer)
+        self.level_embed = nn.Parameter(torch.zeros(3, dim, **dd))
+        self.spm = SpatialPriorModule(conv_inplane, dim, norm_layer, **dd)
         last = len(self.interaction_indexes) - 1
         self.interactions = nn.Sequential(*[
             InteractionBlock(dim, deform_num_heads, n_points, deform_ratio, init_values_inject, with_cffn,
                              cffn_ratio, drop_path=kwargs.get('drop_path_rate', 0.),
-                             extra_extractor=use_extra_extractor and i == last)
+                             extra_extractor=use_extra_extractor and i == last, **dd)
             for i in range(len(self.interaction_indexes))])
-        self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
-        self.norm1, self.norm2, self.norm3, self.norm4 = (norm_layer(dim) for _ in range(4))
+        self.up = nn.ConvTranspose2d(dim, dim, 2, 2, **dd)
+        self.norm1, self.norm2, self.norm3, self.norm4 = (norm_layer(dim, **dd) for _ in range(4))
         for module in (self.up, self.spm, self.interactions):
             module.apply(_init_adapter_weights)
         for module in self.modules():
@@ -185,9 +192,10 @@ def load_backbone_checkpoint(model: VRWKV, path: str, map_location: Optional[str
     """Load a checkpoint file (``weights_only=True``) into ``model``; return the missing and unexpected keys.
 
     Missing adapter keys are normal for classification checkpoints. Raises ``ValueError`` when the file
-    holds no key of the backbone at all, or a tensor whose shape does not match (another model size).
+    holds no key of the backbone at all, or a tensor whose shape does not match (another model size), and
+    ``RuntimeError`` (naming the file) when it holds other Python objects or is truncated.
     """
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    checkpoint = load_checkpoint_file(path, map_location=map_location)
     state = backbone_checkpoint_filter(checkpoint, model)
     own = model.state_dict()
     if not any(k in own for k in state if k != 'wkv_formula_id'):
