@@ -382,6 +382,27 @@ def test_pretrained_file_with_python_objects_is_refused(tmp_path):
         timm_from_file(path)
 
 
+def test_hub_download_loads_through_the_same_reader(tmp_path, monkeypatch):
+    """``pretrained=True`` without a file: the downloaded file goes through VRWKV.load_pretrained too."""
+    src, path = save_official(tmp_path)
+    unsafe = tmp_path / 'unsafe.pth'
+    torch.save(dict(official_classification_checkpoint(src), meta=NotATensor()), unsafe)
+    downloads = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        downloads.append((repo_id, filename))
+        return str(unsafe if len(downloads) == 1 else path)
+
+    monkeypatch.setattr(timm.models._hub, 'hf_hub_download', fake_download)
+    kwargs = dict(TIMM_TINY, num_classes=1000)
+    with pytest.raises(RuntimeError, match=r'unsafe\.pth holds Python objects'):
+        timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kwargs)
+    model = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kwargs).eval()
+    assert downloads == [('OpenGVLab/Vision-RWKV', 'vrwkv_t_in1k_224.pth')] * 2
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(model(x), src.eval()(x))
+
+
 def assert_raised_here(excinfo, filename):
     """The error is ours (raised in ``filename``), with no torch traceback chained to it."""
     error = excinfo.value

@@ -12,7 +12,7 @@ import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 import timm
@@ -30,13 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 SDIST = REPO / '.cache' / 'timm-sdist' / f'timm-{timm.__version__}.tar.gz'
 ALL_MODELS = timm.list_models('vrwkv*')
 TINY_MODELS = timm.list_models('vrwkv*_tiny_*')
-# timm's CI runs test_models.py by these markers (its pyproject), one job each; 'torchscript' is left out
-# (as are the network tests, see the plugin). Like timm's CI we leave out the unmarked
-# test_prune_intermediate_layers_contract ("slow (prunes every model at every feature index), excluded from CI").
-TIMM_CI_MARKERS = 'base or cfg or forward or backward or features or fxforward or fxbackward'
+# The tests of timm's test_models.py that take our models (the plugin leaves out the network and TorchScript
+# ones), including test_prune_intermediate_layers_contract, which timm's CI leaves out for its run time.
 PER_MODEL_TESTS = ('test_model_forward', 'test_model_backward', 'test_model_default_cfgs_non_std',
                    'test_model_forward_intermediates_features', 'test_model_forward_intermediates',
-                   'test_model_forward_fx', 'test_model_backward_fx')
+                   'test_prune_intermediate_layers_contract', 'test_model_forward_fx', 'test_model_backward_fx')
 # timm's own size rule, applied as to timm's models: "Fixed input size model > limit." where a test's
 # limit (MAX_BWD_SIZE 320, MAX_FFEAT_SIZE 256, MAX_FWD_FX_SIZE 256, ...) is below the fixed input size.
 SIZE_SKIP = 'Fixed input size model > limit.'
@@ -55,16 +53,17 @@ def timm_tests(folder: Path, sdist: Path = SDIST) -> Path:
     return folder
 
 
-def run_timm_tests(folder: Path, models: List[str], markers: str) -> Dict[str, str]:
-    """Run timm's test_models.py on ``models`` in a subprocess; returns the outcome of each test id
-    ('passed', 'failed' or 'skipped: <reason>')."""
+def run_timm_tests(folder: Path, models: List[str], markers: Optional[str] = None) -> Dict[str, str]:
+    """Run timm's test_models.py on ``models`` (its tests marked ``markers``, or all) in a subprocess; returns
+    the outcome of each test id ('passed', 'failed' or 'skipped: <reason>')."""
     report = folder / 'report.xml'
     env = dict(os.environ, VRWKV_TIMM_MODELS=','.join(models), VRWKV_TEST_SEED=str(SEED),
                PYTHONPATH=os.pathsep.join([str(REPO / 'tests'), str(REPO), os.environ.get('PYTHONPATH', '')]))
     env.pop('GITHUB_ACTIONS', None)  # timm's GitHub-runner filters would drop large models from some tests
     cmd = [sys.executable, '-m', 'pytest', str(folder / 'test_models.py'), '-p', 'timm_models_plugin',
-           '-m', markers, '-c', str(folder / 'pytest.ini'), '--rootdir', str(folder), '-p', 'no:cacheprovider',
+           '-c', str(folder / 'pytest.ini'), '--rootdir', str(folder), '-p', 'no:cacheprovider',
            '-W', 'ignore::pytest.PytestUnknownMarkWarning', '-q', '-rfEs', f'--junitxml={report}']
+    cmd += ['-m', markers] if markers else []
     proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
     output = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, f'timm tests failed (exit {proc.returncode}):\n{output}'
@@ -112,17 +111,16 @@ def test_timm_config_and_api_tests_on_every_model(tmp_path):
 
 
 def test_timm_model_tests_on_tiny_models(tmp_path):
-    """Every per-model test of timm's CI (forward, backward, features, fx, config) on the tiny models of
-    the three wkv modes."""
-    outcomes = run_timm_tests(timm_tests(tmp_path), TINY_MODELS, TIMM_CI_MARKERS)
-    assert_all_ran(outcomes, TINY_MODELS, PER_MODEL_TESTS)
+    """Every per-model test (forward, backward, features, pruning, fx, config) on the tiny models of the three
+    wkv modes."""
+    assert_all_ran(run_timm_tests(timm_tests(tmp_path), TINY_MODELS), TINY_MODELS, PER_MODEL_TESTS)
 
 
 @pytest.mark.slow
 def test_timm_model_tests_on_larger_models(tmp_path):
-    """The same on the small, base and large models (about 12 minutes on 2 CPU cores: ``-m slow``)."""
+    """The same on the small, base and large models (about 20 minutes on 2 CPU cores: ``-m slow``)."""
     models = [m for m in ALL_MODELS if m not in TINY_MODELS]
-    assert_all_ran(run_timm_tests(timm_tests(tmp_path), models, TIMM_CI_MARKERS), models, PER_MODEL_TESTS)
+    assert_all_ran(run_timm_tests(timm_tests(tmp_path), models), models, PER_MODEL_TESTS)
 
 
 # ---- plain contract tests ----------------------------------------------------------------------
