@@ -110,9 +110,11 @@ def test_timm_config_and_api_tests_on_every_model(tmp_path):
     assert_all_ran(outcomes, ALL_MODELS, ['test_model_default_cfgs_non_std'])
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_timm_model_tests_on_tiny_models(tmp_path):
     """Every per-model test (forward, backward, features, pruning, fx, config) on the tiny models of the three
-    wkv modes."""
+    wkv modes (``-m slow``: 6 minutes per model on 2 shared CPU cores, over the default suite's budget)."""
     assert_all_ran(run_timm_tests(timm_tests(tmp_path), TINY_MODELS), TINY_MODELS, PER_MODEL_TESTS)
 
 
