@@ -9,9 +9,13 @@ Each call runs one ``torch.library`` operator, ``vision_rwkv::bi_wkv_forward`` o
 ``vision_rwkv::bi_wkv_2d_forward`` (fake kernel and autograd registered; the gradients run
 ``vision_rwkv::bi_wkv_backward`` / ``bi_wkv_2d_backward``), so ``torch.compile`` traces models without
 graph breaks and ``torch.export`` records one node per call.
+
+``bi_wkv6`` is VRWKV6's bidirectional RWKV-6 WKV (matrix state per head of 64 channels, data-dependent decay).
 """
 from .bi_wkv import bi_wkv
 from .bi_wkv_2d import bi_wkv_2d
-from .reference import bi_wkv_2d_reference, bi_wkv_reference, bi_wkv_scan_reference
+from .reference import bi_wkv6_reference, bi_wkv_2d_reference, bi_wkv_reference, bi_wkv_scan_reference
+from .wkv6 import bi_wkv6
 
-__all__ = ['bi_wkv', 'bi_wkv_2d', 'bi_wkv_2d_reference', 'bi_wkv_reference', 'bi_wkv_scan_reference']
+__all__ = ['bi_wkv', 'bi_wkv6', 'bi_wkv6_reference', 'bi_wkv_2d', 'bi_wkv_2d_reference', 'bi_wkv_reference',
+           'bi_wkv_scan_reference']

@@ -137,3 +137,36 @@ def bi_wkv_official_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor,
     e = torch.exp(k - k.amax(dim=1, keepdim=True))  # the same scale for numerator and denominator
     num = torch.einsum('tic,bic->btc', weights, e * v)
     return num / torch.einsum('tic,bic->btc', weights, e)
+
+
+def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor,
+                      u: torch.Tensor) -> torch.Tensor:
+    """Bidirectional RWKV-6 WKV of VRWKV6 in float64, by the naive recurrence (O(T) steps of a matrix state).
+
+    Per batch and head (i a value channel, j a key channel, d_{t,j} = exp(-exp(w_{t,j}))):
+
+        y_{t,i} = sum_j r_{t,j} [u_j k_{t,j} v_{t,i} + sum_{s != t} (prod_{m strictly between s and t} d_{m,j})
+                                                     k_{s,j} v_{s,i}]
+
+    i.e. a causal pass with the bonus u plus a reverse pass without it, neither state holding the current
+    token when it is read.
+
+    Args:
+        r, k, v, w: (B, T, C) receptance, keys, values and log-log decays, C = H * N.
+        u: (H, N) bonus per head and key channel.
+
+    Returns:
+        (B, T, C) float64 output. Differentiable.
+    """
+    B, T, C = k.shape
+    H, N = u.shape
+    r, k, v, w = (x.double().reshape(B, T, H, N) for x in (r, k, v, w))
+    u, decay = u.double(), torch.exp(-torch.exp(w))
+    y = (r * u * k).sum(-1, keepdim=True) * v  # the current token: sum_j r_j u_j k_j v_i
+    outs = list(y.unbind(1))
+    for steps in (range(T), range(T - 1, -1, -1)):
+        state = k.new_zeros(B, H, N, N, dtype=torch.float64)  # (B, H, key j, value i)
+        for t in steps:
+            outs[t] = outs[t] + torch.einsum('bhj,bhji->bhi', r[:, t], state)
+            state = state * decay[:, t, :, :, None] + k[:, t, :, :, None] * v[:, t, :, None, :]
+    return torch.stack(outs, 1).reshape(B, T, C)
