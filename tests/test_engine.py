@@ -16,6 +16,7 @@ from vision_rwkv.engine import Accuracy, ConfigError, PortableCheckpointHook, Ti
 from vision_rwkv.engine.checkpoint import load_local_checkpoint
 from vision_rwkv.engine.config_check import check_cfg_options, check_config
 from vision_rwkv.engine.launch import load_config
+from vision_rwkv.errors import CheckpointError
 from vision_rwkv.engine.optim import LayerDecayOptimWrapperConstructor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,13 +80,13 @@ def test_classifier_refuses_unsafe_and_truncated_files(tmp_path, model_name, kwa
     state = TimmClassifier(model_name, num_classes=5, model_kwargs=kwargs).model.state_dict()
     unsafe = tmp_path / 'unsafe.pth'
     torch.save({'state_dict': state, 'meta': NotATensor()}, unsafe)
-    with pytest.raises(ConfigError, match=r'unsafe\.pth holds Python objects.*NotATensor'):
+    with pytest.raises(CheckpointError, match=r'unsafe\.pth holds Python objects.*NotATensor'):
         TimmClassifier(model_name, num_classes=5, model_kwargs=kwargs, pretrained=str(unsafe))
     good = tmp_path / 'good.pth'
     torch.save({'state_dict': state}, good)
     truncated = tmp_path / 'truncated.pth'
     truncated.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(ConfigError, match=r'truncated\.pth is truncated or corrupt') as excinfo:
+    with pytest.raises(CheckpointError, match=r'truncated\.pth is truncated or corrupt') as excinfo:
         TimmClassifier(model_name, num_classes=5, model_kwargs=kwargs, pretrained=str(truncated))
     assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
     model = TimmClassifier(model_name, num_classes=5, model_kwargs=kwargs, pretrained=str(good)).model

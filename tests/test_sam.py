@@ -4,6 +4,7 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
+from vision_rwkv.errors import CheckpointError
 from vision_rwkv.sam import RWKVSamPredictor, build_rwkv_sam, rwkv_sam_model_registry
 from vision_rwkv.sam.predictor import to_rgb_uint8
 from vision_rwkv.sam.utils.transforms import ResizeLongestSide
@@ -167,5 +168,5 @@ def test_checkpoint_round_trip_and_mismatch(sam, image, tmp_path):
     b.set_image(image)
     np.testing.assert_array_equal(a.predict(box=np.array([10, 10, 100, 90]))[2],
                                   b.predict(box=np.array([10, 10, 100, 90]))[2])
-    with pytest.raises(ValueError, match='does not fit this RWKV-SAM'):
+    with pytest.raises(CheckpointError, match='does not fit this RWKV-SAM'):
         rwkv_sam_model_registry['tiny'](checkpoint=str(path), img_size=IMG_SIZE, depth=3)

@@ -15,6 +15,7 @@ from vision_rwkv.data import make_coco_instance_set
 from vision_rwkv.data.image_folder import DatasetError
 from vision_rwkv.engine.sam import PromptedMaskIoU, RWKVSamTrainer
 from vision_rwkv.engine.sam_data import CocoInstanceMasks, SA1BMasks
+from vision_rwkv.errors import CheckpointError, InputFileError
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = osp.join(ROOT, 'configs', 'sam', 'rwkv_sam_tiny_toy_shapes.py')
@@ -154,12 +155,12 @@ def test_bad_teachers_are_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown SAM teacher 'vit_x'"):
         RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1), teacher=dict(model_type='vit_x',
                                                                                         checkpoint='x.pth'))
-    with pytest.raises(FileNotFoundError, match='missing.pth not found'):
+    with pytest.raises(InputFileError, match='missing.pth does not exist'):
         RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1),
                        teacher=dict(model_type='vit_test', checkpoint=str(tmp_path / 'missing.pth')))
     other = tmp_path / 'other.pth'
     torch.save({'image_encoder.foo': torch.zeros(1)}, other)
-    with pytest.raises(ValueError, match='other.pth is not a segment-anything vit_test checkpoint'):
+    with pytest.raises(CheckpointError, match='other.pth is not a segment-anything vit_test checkpoint'):
         RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1),
                        teacher=dict(model_type='vit_test', checkpoint=str(other)))
 

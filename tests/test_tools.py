@@ -158,6 +158,8 @@ BAD_INPUT = {
     'class count': (['--cfg-options', 'model.num_classes=4'],
                     'the model has num_classes=4 but the train set'),
     'missing config': (None, 'config file'),
+    'text for a number': (['--cfg-options', 'model.num_classes=abc'],
+                          "--cfg-options model.num_classes='abc': expected a number"),
 }
 
 
@@ -185,3 +187,15 @@ def test_empty_class_folder_fails_before_training(tmp_path, data_root):
 def test_amp_without_cuda_is_refused(tmp_path, data_root):
     result = run([TRAIN, write_config(tmp_path, data_root), '--amp'], tmp_path)
     assert result.returncode == 2 and '--amp needs a CUDA device' in result.stderr
+
+
+@pytest.mark.parametrize('content,message', [(b'', 'is empty'), (b'\x01' + os.urandom(4095), 'is not a PyTorch checkpoint')],
+                         ids=['empty', 'random bytes'])
+def test_test_tool_names_a_file_that_is_no_checkpoint(tmp_path, data_root, content, message):
+    """tools/test.py with a file that is not a checkpoint: one line naming the file, before anything is built
+    (a checkpoint starts with a zip or pickle header; these bytes start with neither)."""
+    bogus = tmp_path / 'bogus.pth'
+    bogus.write_bytes(content)
+    result = run([TEST, write_config(tmp_path, data_root), str(bogus)], tmp_path)
+    assert result.returncode == 2, (result.stdout + result.stderr)[-3000:]
+    assert message in result.stderr and str(bogus) in result.stderr and 'Traceback' not in result.stderr

@@ -20,6 +20,7 @@ import torch
 
 import timm
 import vision_rwkv  # noqa: F401  (registers the VRWKV models)
+from vision_rwkv.cli import add_debug_flag, run_tool
 from vision_rwkv.kernels import bi_wkv, bi_wkv_reference
 
 
@@ -150,6 +151,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='benchmark_results/benchmark.json', help='JSON output path')
     parser.add_argument('--quick', action='store_true', help='short sequences and 224 only (smoke run)')
+    add_debug_flag(parser)
     args = parser.parse_args()
 
     seq_lens = [196, 1024] if args.quick else [196, 1024, 4096]
@@ -165,4 +167,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import vision_rwkv  # noqa: F401  (registers the VRWKV models)
+from vision_rwkv.cli import add_debug_flag, run_tool
 from benchmark import machine_info, measure, report
 
 FAMILIES = {
@@ -120,6 +121,7 @@ def main():
     parser.add_argument('--out', default=None)
     parser.add_argument('--quick', action='store_true', help='inference: VRWKV-T family at 224 only')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    add_debug_flag(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,4 +140,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

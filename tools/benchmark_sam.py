@@ -19,6 +19,7 @@ from typing import Dict, List
 
 import torch
 
+from vision_rwkv.cli import add_debug_flag, run_tool
 from benchmark import machine_info, measure, report
 
 MODELS = ('tiny', 'small', 'base', 'sam_vit_b')
@@ -110,6 +111,7 @@ def main():
     parser.add_argument('--sizes', default='1024', help='comma-separated input sides (multiples of 16)')
     parser.add_argument('--models', default=','.join(MODELS), help=f'comma-separated, from {",".join(MODELS)}')
     parser.add_argument('--quick', action='store_true', help='tiny against ViT-B at 256 (a smoke run)')
+    add_debug_flag(parser)
     args = parser.parse_args()
     models = ['tiny', 'sam_vit_b'] if args.quick else args.models.split(',')
     sizes = [256] if args.quick else [int(s) for s in args.sizes.split(',')]
@@ -123,4 +125,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -19,8 +19,8 @@ The sa1b set holds the same images and instances as the coco set's split in SA-1
 (sa_<id>.jpg + sa_<id>.json, class-agnostic RLE masks).
 """
 import argparse
-import sys
 
+from vision_rwkv.cli import add_debug_flag, run_tool
 from vision_rwkv.data import (SHAPE_CLASSES, make_classification_set, make_coco_instance_set, make_sa1b_set,
                               make_segmentation_set)
 
@@ -57,6 +57,8 @@ def parse_args():
     sa1b.add_argument('--split', default='val', choices=('train', 'val'))
     sa1b.add_argument('--max-shapes', type=int, default=4)
     sa1b.add_argument('--seed', type=int, default=0)
+    for command in (cls, seg, coco, sa1b):
+        add_debug_flag(command)
     return parser.parse_args()
 
 
@@ -82,13 +84,8 @@ def write(args):
 
 
 def main():
-    args = parse_args()
-    try:
-        print(write(args))
-    except (ValueError, FileExistsError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    print(write(parse_args()))
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

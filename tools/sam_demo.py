@@ -18,7 +18,9 @@ import numpy as np
 from mmengine.config import Config
 
 from vision_rwkv.data.image_folder import CorruptImageError
+from vision_rwkv.cli import add_debug_flag, run_tool
 from vision_rwkv.engine.checkpoint import atomic_write
+from vision_rwkv.errors import InputFileError, UserError
 from vision_rwkv.sam import RWKVSamAutomaticMaskGenerator, RWKVSamPredictor, build_rwkv_sam
 from vision_rwkv.sam.predictor import to_rgb_uint8
 
@@ -51,6 +53,7 @@ def parse_args():
     parser.add_argument('--iou-thresh', type=float, default=0.5,
                         help='--auto: keep masks whose predicted IoU is at least this (segment-anything: 0.88)')
     parser.add_argument('--out', required=True, help='overlay PNG to write')
+    add_debug_flag(parser)
     args = parser.parse_args()
     if not args.out.lower().endswith('.png'):
         parser.error(f'--out {args.out} must end in .png')
@@ -62,7 +65,7 @@ def parse_args():
 def read_image(path: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB from any image file OpenCV reads (grayscale, RGBA and 16-bit included)."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f'image {path} does not exist')
+        raise InputFileError(f'image {path} does not exist')
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise CorruptImageError(f'{path}: not a readable image')
@@ -83,8 +86,11 @@ def default_checkpoint(config: str) -> str:
     last = osp.join(work_dir, 'last_checkpoint')
     if not osp.isfile(last):
         print(f'no checkpoint in {work_dir}: training {config} first (a few minutes)', flush=True)
-        subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work_dir],
-                       cwd=ROOT, check=True)
+        training = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), config,
+                                   '--work-dir', work_dir], cwd=ROOT)
+        if training.returncode:
+            raise UserError(f'training {config} failed (exit code {training.returncode}, its error is above); '
+                            'fix it or pass --checkpoint')
     with open(last) as f:
         return f.read().strip()
 
@@ -139,8 +145,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, FileNotFoundError, CorruptImageError, subprocess.CalledProcessError) as e:
-        print(f'error: {e}', file=sys.stderr, flush=True)
-        sys.exit(2)
+    run_tool(main)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from vision_rwkv.engine.checkpoint import atomic_write
-from vision_rwkv.engine.launch import run_tool
+from vision_rwkv.cli import add_debug_flag, run_tool
 from vision_rwkv.mmseg import segment_image
 
 
@@ -25,6 +25,7 @@ def parse_args():
     parser.add_argument('--labels', help='also write the class indices to this uint8 PNG')
     parser.add_argument('--opacity', type=float, default=0.5, help='weight of the class colours (0..1)')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:N]'")
+    add_debug_flag(parser)
     args = parser.parse_args()
     if not 0.0 <= args.opacity <= 1.0:
         parser.error(f'--opacity must be in [0, 1], got {args.opacity}')

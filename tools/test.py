@@ -9,7 +9,9 @@ import argparse
 import json
 
 from vision_rwkv.engine.checkpoint import atomic_write
-from vision_rwkv.engine.launch import add_common_args, build_runner, load_config, run_tool, setup_launcher
+from vision_rwkv.cli import run_tool
+from vision_rwkv.engine.launch import add_common_args, build_runner, load_config, setup_launcher
+from vision_rwkv.models.checkpoint_file import check_checkpoint_file
 
 
 def parse_args():
@@ -23,6 +25,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    check_checkpoint_file(args.checkpoint)  # before the model and data are built
     cfg = load_config(args.config, args.cfg_options, args.work_dir)
     setup_launcher(cfg, args.launcher, args.local_rank)
     cfg.load_from = args.checkpoint

@@ -12,8 +12,8 @@ import os.path as osp
 import time
 
 from vision_rwkv.engine.checkpoint import atomic_write
-from vision_rwkv.engine.launch import (add_common_args, build_runner, enable_amp, load_config, run_tool,
-                                       setup_launcher)
+from vision_rwkv.cli import run_tool
+from vision_rwkv.engine.launch import add_common_args, build_runner, enable_amp, load_config, setup_launcher
 
 
 def parse_args():

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import OutputExistsError
+from .image_folder import DatasetError
 from .shapes import SHAPE_CLASSES, render_scene
 
 META_FILE = 'generator.json'
@@ -30,11 +32,11 @@ def _write_atomically(root: Path, params: dict, fill) -> Path:
     meta = root / META_FILE
     if root.exists():
         if not meta.is_file():
-            raise FileExistsError(f'{root} exists but was not written by the generator (no {META_FILE}); '
+            raise OutputExistsError(f'{root} exists but was not written by the generator (no {META_FILE}); '
                                   'pass another root or remove it')
         found = json.loads(meta.read_text())
         if found != params:
-            raise FileExistsError(f'{root} was generated with other parameters:\n  found {found}\n'
+            raise OutputExistsError(f'{root} was generated with other parameters:\n  found {found}\n'
                                   f'  asked {params}\nremove it or choose another root')
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +75,7 @@ def make_classification_set(root: str | os.PathLike, classes: tuple[str, ...] | 
     classes = tuple(classes)
     unknown = [c for c in classes if c not in SHAPE_CLASSES]
     if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
-        raise ValueError(f'classes must be ≥ 2 distinct names from {SHAPE_CLASSES}, got {classes}')
+        raise DatasetError(f'classes must be ≥ 2 distinct names from {SHAPE_CLASSES}, got {classes}')
     params = dict(kind='classification', classes=list(classes), train_per_class=train_per_class,
                   val_per_class=val_per_class, image_size=image_size, seed=seed)
 

@@ -31,6 +31,7 @@ from PIL import Image
 
 from .coco import MIN_IMAGE_SIZE, _bbox, coco_instance_sample, mask_to_rle
 from .generate import JPEG_QUALITY, SPLITS, _write_atomically
+from .image_folder import DatasetError
 from .segmentation import _check_count
 
 __all__ = ['make_sa1b_set', 'sa1b_point']
@@ -54,7 +55,7 @@ def make_sa1b_set(root: str | os.PathLike, image_size: int = 64, num_images: int
     _check_count('max_shapes', max_shapes, 1)
     _check_count('seed', seed, 0)
     if split not in SPLITS:
-        raise ValueError(f'split must be one of {sorted(SPLITS)}, got {split!r}')
+        raise DatasetError(f'split must be one of {sorted(SPLITS)}, got {split!r}')
     params = dict(kind='sa1b', image_size=image_size, num_images=num_images, split=split, max_shapes=max_shapes,
                   seed=seed)
 

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .generate import JPEG_QUALITY, SPLITS, _write_atomically
+from .image_folder import DatasetError
 from .shapes import BACKGROUND_KINDS, ShapeInstance, render_scene
 
 
@@ -100,7 +101,7 @@ def segmentation_sample(seed: int, split: str, index: int, image_size: int = 64,
 
 def _check_count(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f'{name} must be an integer ≥ {minimum}, got {value!r}')
+        raise DatasetError(f'{name} must be an integer ≥ {minimum}, got {value!r}')
 
 
 def make_segmentation_set(root: str | os.PathLike, image_size: int = 64, train_images: int = 1000,

@@ -11,7 +11,7 @@ import vision_rwkv  # noqa: F401  (registers the VRWKV models in timm)
 from .checkpoint import AtomicLocalBackend, PortableCheckpointHook, atomic_write
 from .classifier import TimmClassifier, create_timm_model
 from .datasets import ImageFolder
-from .errors import ConfigError
+from ..errors import ConfigError
 from .hooks import ClassNumCheckHook, TrainingCurvesHook
 from .metrics import Accuracy
 from .optim import LayerDecayOptimWrapperConstructor

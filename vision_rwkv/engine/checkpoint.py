@@ -3,8 +3,9 @@
 * ``AtomicLocalBackend`` (file backend ``'local_atomic'``, used by ``CheckpointHook`` through
   ``backend_args``) writes to a temporary file in the same folder, fsyncs and renames, so a run
   killed while saving leaves the previous checkpoint and ``last_checkpoint`` intact.
-* Importing this module makes mmengine load local checkpoints with ``weights_only=True``
-  (no arbitrary code from pickles) and report a truncated or unsafe file by its path.
+* ``use_safe_local_loader()`` makes mmengine read local checkpoints through
+  ``load_checkpoint_file`` (``weights_only=True``, errors that name the file and the cause). The tools
+  (``build_runner``) and ``segment_image`` call it; importing this module changes nothing in mmengine.
 * ``PortableCheckpointHook`` stores mmengine's log history (``HistoryBuffer`` objects, numpy arrays)
   as plain lists in the checkpoint and rebuilds it on resume, which is what makes mmengine's own
   checkpoints loadable with ``weights_only=True``.
@@ -27,12 +28,20 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from vision_rwkv.models.checkpoint_file import load_checkpoint_file
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(data: bytes, path: Union[str, Path]) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; a new file honours the umask (0644 usually)
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
@@ -60,7 +69,9 @@ def load_local_checkpoint(filename: str, map_location=None) -> dict:
     return load_checkpoint_file(filename, map_location=map_location)
 
 
-CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+def use_safe_local_loader() -> None:
+    """Register ``load_local_checkpoint`` as mmengine's loader of local paths (idempotent)."""
+    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
 
 
 def history_to_plain(buffer: HistoryBuffer) -> dict:

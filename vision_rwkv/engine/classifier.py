@@ -15,7 +15,7 @@ from timm.models import clean_state_dict
 from vision_rwkv.models import VRWKV, checkpoint_filter_fn
 from vision_rwkv.models.checkpoint_file import load_checkpoint_file
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .optim import timm_layer_ids
 
 
@@ -55,11 +55,8 @@ def _create_classifier(model_name: str, num_classes: int, pretrained: Union[bool
 def read_pretrained_file(path: str) -> Dict[str, torch.Tensor]:
     """The weights of a checkpoint file as timm's ``pretrained_cfg_overlay=dict(file=...)`` reads them
     (EMA entry first, then ``state_dict`` / ``model``; ``module.`` prefixes stripped), always with
-    ``weights_only=True``: a file holding other Python objects, or a damaged one, is a ``ConfigError``."""
-    try:
-        checkpoint = load_checkpoint_file(path)
-    except RuntimeError as e:
-        raise ConfigError(str(e)) from None
+    ``weights_only=True``: a missing, damaged or unsafe file is a ``UserError`` naming the file and the cause."""
+    checkpoint = load_checkpoint_file(path)  # CheckpointError / InputFileError name the file and cause
     if not isinstance(checkpoint, dict):
         raise ConfigError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict')
     for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):

@@ -1,7 +1,7 @@
 """Config validation before a run starts: unknown keys become one clear error with suggestions.
 
 ``check_cfg_options`` rejects ``--cfg-options`` keys that name nothing in the config (a typo would
-otherwise be merged silently and ignored). ``check_config`` compares every ``dict(type=...)`` of the
+otherwise be merged silently and ignored) and text where the config has a number. ``check_config`` compares every ``dict(type=...)`` of the
 sections that mmengine builds from registries with the signature of the class it names.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, HOOKS, LOOPS, METRICS, M
                                OPTIMIZERS, PARAM_SCHEDULERS, VISBACKENDS, VISUALIZERS, Registry)
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, TestLoop, ValLoop
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Arguments that mmengine supplies itself when it builds these objects.
 _RUNTIME_ARGS = {'runner', 'dataloader', 'evaluator', 'optimizer', 'params', 'module', 'self'}
@@ -46,8 +46,10 @@ def _lookup(node: Any, path: str) -> tuple[bool, Any]:
 def check_cfg_options(cfg: Config, options: dict) -> None:
     """Every ``--cfg-options`` key must exist, or be a new argument of a ``dict(type=...)`` that exists."""
     tree = cfg.to_dict()
-    for key in options or {}:
-        if _lookup(tree, key)[0]:
+    for key, value in (options or {}).items():
+        found, current = _lookup(tree, key)
+        if found:
+            _check_number(key, current, value)
             continue
         parent_key = key.rpartition('.')[0]
         found, parent = _lookup(tree, parent_key) if parent_key else (False, None)
@@ -56,6 +58,17 @@ def check_cfg_options(cfg: Config, options: dict) -> None:
         close = difflib.get_close_matches(key, list(_leaf_paths(tree)), n=3, cutoff=0.6)
         hint = f'; did you mean {" or ".join(close)}?' if close else ''
         raise ConfigError(f'--cfg-options: unknown config key {key!r} (not in {cfg.filename}){hint}')
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_number(key: str, current: Any, value: Any) -> None:
+    """A number in the config stays a number: ``model.num_classes=abc`` is an error here, not a TypeError
+    from deep inside the model's constructor."""
+    if _is_number(current) and not _is_number(value):
+        raise ConfigError(f'--cfg-options {key}={value!r}: expected a number (the config has {current!r})')
 
 
 def _accepted_args(obj) -> tuple[set[str], bool]:

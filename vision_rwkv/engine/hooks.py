@@ -11,7 +11,7 @@ from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 
 from .checkpoint import atomic_write
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _unwrap(model):

@@ -1,23 +1,20 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: config loading, launchers and clear errors."""
+"""What ``tools/train.py`` and ``tools/test.py`` share: flags, config loading and launchers."""
 from __future__ import annotations
 
 import argparse
 import os
 import os.path as osp
-import sys
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from ..data.image_folder import CorruptImageError, DatasetError
+from ..cli import add_debug_flag
+from ..errors import ConfigError, InputFileError
+from .checkpoint import use_safe_local_loader
 from .config_check import check_cfg_options, check_config
-from .errors import ConfigError
-
-# Errors that are the user's input, printed as one line instead of a traceback.
-USER_ERRORS = (ConfigError, DatasetError, CorruptImageError, FileNotFoundError, FileExistsError)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +24,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help='override config keys, e.g. train_cfg.max_epochs=5 (keys must exist)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_debug_flag(parser)
 
 
 def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str]) -> Config:
@@ -35,7 +33,7 @@ def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str])
     The work dir is ``work_dir``, else the config's ``work_dir``, else ``./work_dirs/<config name>``.
     """
     if not osp.isfile(path):
-        raise FileNotFoundError(f'config file {path} does not exist')
+        raise InputFileError(f'config file {path} does not exist')
     cfg = Config.fromfile(path)
     if cfg_options:
         check_cfg_options(cfg, cfg_options)
@@ -94,32 +92,9 @@ def enable_amp(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """The config's ``runner_type`` if it names one, else mmengine's ``Runner``."""
+    """The config's ``runner_type`` if it names one, else mmengine's ``Runner``; its checkpoints (``load_from``,
+    ``resume``) are read with ``weights_only=True`` and clear errors (``use_safe_local_loader``)."""
+    use_safe_local_loader()
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
-
-
-def run_tool(main: Callable[[], None]) -> None:
-    """Run a tool's ``main``; errors in the user's input end the process with one line and exit code 2.
-    A distributed run's process group is destroyed on the way out, whatever happened: left to the
-    interpreter's exit, gloo's threads may be torn down while joinable, which aborts the process
-    ("terminate called without an active exception")."""
-    try:
-        main()
-    except USER_ERRORS as e:
-        print(f'error: {_one_line(e)}', file=sys.stderr, flush=True)
-        sys.exit(2)
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def _one_line(error: Exception) -> str:
-    """The message of ``error``; for one re-raised from a DataLoader worker, the original message only."""
-    message = str(error)
-    if 'Original Traceback' not in message:
-        return message
-    last = message.strip().splitlines()[-1]
-    prefix = f'{type(error).__name__}: '
-    return last.split(prefix, 1)[1] if prefix in last else last

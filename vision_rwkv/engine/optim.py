@@ -4,7 +4,7 @@ from __future__ import annotations
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

@@ -4,7 +4,6 @@ Import in configs with ``custom_imports=['vision_rwkv.engine', 'vision_rwkv.engi
 """
 from __future__ import annotations
 
-import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -14,6 +13,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
 from mmengine.registry import METRICS, MODELS
 
+from ..errors import CheckpointError, ConfigError
+from ..models.checkpoint_file import load_checkpoint_file
 from ..sam import build_rwkv_sam
 from ..sam.losses import dice_loss, mask_iou, sigmoid_focal_loss
 from ..sam.metrics import boundary_iou
@@ -209,14 +210,12 @@ def build_sam_teacher(model_type: str, checkpoint: str) -> torch.nn.Module:
     except ImportError as e:
         raise ImportError('distillation needs segment-anything: pip install "vision_rwkv[sam]"') from e
     if model_type not in sam_model_registry:
-        raise ValueError(f'unknown SAM teacher {model_type!r}; choose from {sorted(sam_model_registry)}')
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'SAM teacher checkpoint {checkpoint} not found')
+        raise ConfigError(f'unknown SAM teacher {model_type!r}; choose from {sorted(sam_model_registry)}')
     teacher = sam_model_registry[model_type](checkpoint=None)
-    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    state = load_checkpoint_file(checkpoint)
     result = teacher.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f'{checkpoint} is not a segment-anything {model_type} checkpoint: '
+        raise CheckpointError(f'{checkpoint} is not a segment-anything {model_type} checkpoint: '
                          f'{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), '
                          f'{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})')
     return teacher.eval().requires_grad_(False)

@@ -16,7 +16,7 @@ import torch
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
 
-from vision_rwkv.engine.errors import ConfigError
+from vision_rwkv.errors import ConfigError, InputFileError
 from vision_rwkv.models import VRWKV, VRWKVAdapter, load_backbone_checkpoint
 
 
@@ -43,7 +43,7 @@ class _PretrainedBackbone:
             print_log(f'{type(self).__name__}: no pretrained checkpoint, training from scratch', logger='current')
             return
         if not osp.isfile(self.checkpoint):
-            raise FileNotFoundError(
+            raise InputFileError(
                 f'pretrained checkpoint {self.checkpoint} not found: download it (see the config) or set '
                 f'model.backbone.init_cfg=None')
         try:

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from vision_rwkv.data.image_folder import CorruptImageError
-from vision_rwkv.engine.checkpoint import atomic_write
+from vision_rwkv.engine.checkpoint import atomic_write, use_safe_local_loader
+from vision_rwkv.errors import InputFileError
 
 
 def _load_model(config: str, checkpoint: str, device: str):
@@ -17,7 +18,8 @@ def _load_model(config: str, checkpoint: str, device: str):
 
     for path, what in ((config, 'config'), (checkpoint, 'checkpoint')):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f'{what} file {path} does not exist')
+            raise InputFileError(f'{what} file {path} does not exist')
+    use_safe_local_loader()
     model = init_model(config, checkpoint, device=device)
     model.cfg.test_pipeline = [t for t in model.cfg.test_pipeline if 'Annotations' not in t['type']]
     return model
@@ -25,7 +27,7 @@ def _load_model(config: str, checkpoint: str, device: str):
 
 def _read_bgr(path: str) -> np.ndarray:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'image {path} does not exist')
+        raise InputFileError(f'image {path} does not exist')
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise CorruptImageError(f'{path}: not a readable image')

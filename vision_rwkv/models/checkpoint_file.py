@@ -1,37 +1,61 @@
-"""Reading checkpoint files safely: ``torch.load(..., weights_only=True)`` with errors that name the file."""
+"""Reading checkpoint files safely: ``torch.load(..., weights_only=True)`` with errors that name the file and
+the real cause (missing, not a checkpoint, truncated, holding pickled objects)."""
 import os.path as osp
 import pickle
 from typing import Any, Optional, Union
 
 import torch
 
-__all__ = ['load_checkpoint_file']
+from ..errors import CheckpointError, InputFileError
+
+__all__ = ['check_checkpoint_file', 'load_checkpoint_file']
+
+# torch.save writes a zip archive; files of torch < 1.6 (and _use_new_zipfile_serialization=False) are pickles.
+_ZIP_MAGIC = b'PK\x03\x04'
+_PICKLE_PROTO = b'\x80'
 
 
-def _unpickling_cause(error: pickle.UnpicklingError) -> str:
-    """The line of torch's weights-only error that names the refused object."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if 'WeightsUnpickler error:' in line:
-            return line.split('WeightsUnpickler error:', 1)[1].split('. Please')[0].strip()
-    return lines[-1] if lines else type(error).__name__
+def _refused_object(error: pickle.UnpicklingError) -> Optional[str]:
+    """The object torch's weights-only unpickler refused (e.g. 'GLOBAL __main__.Foo'), if that is the error."""
+    for line in str(error).splitlines():
+        if 'Unsupported global:' in line:
+            return line.split('Unsupported global:', 1)[1].split(' was not an allowed global')[0].strip()
+    return None
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Cheap checks before a long run reads ``path``: it exists and starts like a checkpoint (a clear error
+    for empty files, text, random bytes). ``InputFileError`` / ``CheckpointError`` as ``load_checkpoint_file``."""
+    if not osp.isfile(path):
+        raise InputFileError(f'checkpoint {path} does not exist')
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f'checkpoint {path} is empty (0 bytes)')
+    if head != _ZIP_MAGIC and not head.startswith(_PICKLE_PROTO):
+        raise CheckpointError(f'{path} is not a PyTorch checkpoint: it starts with bytes {head!r}, where a file '
+                              f'written by torch.save starts with {_ZIP_MAGIC!r} (a zip archive)')
 
 
 def load_checkpoint_file(path: str, map_location: Optional[Union[str, torch.device]] = 'cpu') -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, no pickled code.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        RuntimeError: the file holds other Python objects (refused), or is truncated or corrupt. The
-            message names the file and the cause; torch's traceback is not chained to it.
+        InputFileError: ``path`` is not a file (a ``FileNotFoundError``).
+        CheckpointError: the file is not a checkpoint, is truncated or corrupt, or holds other Python
+            objects (refused). The message names the file and the cause; torch's traceback is not chained.
     """
     path = osp.expanduser(str(path))
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    check_checkpoint_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise RuntimeError(f'checkpoint {path} holds Python objects that weights_only=True refuses to load '
-                           f'({_unpickling_cause(e)}); re-save it as tensors and plain containers') from None
-    except Exception as e:  # a damaged file surfaces as RuntimeError (zip reader), EOFError, KeyError, ...
-        raise RuntimeError(f'checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})') from None
+        refused = _refused_object(e)
+        if refused is None:
+            raise CheckpointError(f'checkpoint {path} is corrupt (its pickled data cannot be read: '
+                                  f'{str(e).splitlines()[-1] if str(e) else type(e).__name__})') from None
+        raise CheckpointError(f'checkpoint {path} holds Python objects that weights_only=True refuses to load '
+                              f'({refused}); re-save it as tensors and plain containers') from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:  # how a damaged file surfaces
+        raise CheckpointError(f'checkpoint {path} is truncated or corrupt ({type(e).__name__}: '
+                              f'{str(e).splitlines()[0] if str(e) else "no detail"})') from None

@@ -4,6 +4,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..errors import CheckpointError
+from ..models.checkpoint_file import load_checkpoint_file
 from .modeling.image_encoder import ENCODER_CONFIGS, RWKVSamImageEncoder
 from .modeling.mask_decoder import MultiScaleMaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
@@ -66,10 +68,10 @@ def _model_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
 
 def load_rwkv_sam_checkpoint(model: RWKVSam, path: str) -> None:
     """Load all weights of ``path`` into ``model`` (strict; a clear error names what does not match)."""
-    state = _model_state(torch.load(path, map_location='cpu', weights_only=True))
+    state = _model_state(load_checkpoint_file(path))
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f'{path} does not fit this RWKV-SAM: {len(result.missing_keys)} missing keys '
+        raise CheckpointError(f'{path} does not fit this RWKV-SAM: {len(result.missing_keys)} missing keys '
                          f'(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected '
                          f'(e.g. {result.unexpected_keys[:3]}); wrong variant or img_size?')
 

@@ -1,0 +1,119 @@
+"""The tools' error convention (``vision_rwkv.cli.run_tool``), checkpoint file errors and file modes."""
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vision_rwkv.cli import run_tool
+from vision_rwkv.engine.checkpoint import atomic_write
+from vision_rwkv.errors import CheckpointError, ConfigError, InputFileError, UserError
+from vision_rwkv.models.checkpoint_file import load_checkpoint_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(main, argv=('tool.py',), monkeypatch=None):
+    """``run_tool(main)`` with ``sys.argv = argv``; returns the exit code."""
+    monkeypatch.setattr(sys, 'argv', list(argv))
+    with pytest.raises(SystemExit) as info:
+        run_tool(main)
+    return info.value.code
+
+
+def config_error():
+    raise ConfigError('model.depth must be positive')
+
+
+def test_user_error_is_one_line_with_exit_code_2(monkeypatch, capsys):
+    assert run(config_error, monkeypatch=monkeypatch) == 2
+    assert capsys.readouterr().err == 'error: model.depth must be positive\n'
+
+
+def test_internal_error_keeps_its_traceback(monkeypatch):
+    """Any other exception propagates (Python prints its traceback, exit code 1), FileNotFoundError from
+    inside the code included: only InputFileError is the user's."""
+    monkeypatch.setattr(sys, 'argv', ['tool.py'])
+    with pytest.raises(FileNotFoundError):
+        run_tool(lambda: open('/nonexistent/internal/file'))
+
+
+def test_debug_shows_the_traceback_of_user_errors(monkeypatch):
+    monkeypatch.setattr(sys, 'argv', ['tool.py', '--debug'])
+    with pytest.raises(ConfigError, match='model.depth must be positive'):
+        run_tool(config_error)
+
+
+def test_main_return_value_is_the_exit_code(monkeypatch):
+    assert run(lambda: 3, monkeypatch=monkeypatch) == 3
+    assert run(lambda: None, monkeypatch=monkeypatch) == 0
+
+
+def test_a_real_tool_reports_a_user_error_in_one_line(tmp_path):
+    """End to end through a tool's process: make_data with a bad class list."""
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'make_data.py'), 'classification',
+                             '--out', str(tmp_path / 'set'), '--classes', 'circle,circle'],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith('error: classes must be')
+    assert 'Traceback' not in result.stderr
+
+
+class _Pickled:
+    """A Python object: pickled into a checkpoint it needs code to load (refused by weights_only=True)."""
+
+
+def _save(path, obj, **kwargs):
+    torch.save(obj, path, **kwargs)
+    return path
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _truncated(path, **save_kwargs):
+    """A checkpoint cut after 700 bytes (zip: no central directory; legacy pickle: data missing)."""
+    return _write(path, _save(path, dict(w=torch.randn(1000)), **save_kwargs).read_bytes()[:700])
+
+
+CHECKPOINT_FAULTS = {
+    'missing': (lambda p: p, InputFileError, 'does not exist'),
+    'empty': (lambda p: _write(p, b''), CheckpointError, 'is empty'),
+    'text': (lambda p: _write(p, b'not a checkpoint\n'), CheckpointError, 'is not a PyTorch checkpoint'),
+    'truncated zip': (_truncated, CheckpointError, 'is truncated or corrupt'),
+    'truncated legacy': (lambda p: _truncated(p, _use_new_zipfile_serialization=False), CheckpointError,
+                         'is truncated or corrupt'),
+    'pickled object': (lambda p: _save(p, dict(obj=_Pickled())), CheckpointError,
+                       r'holds Python objects that weights_only=True refuses to load \(GLOBAL .*_Pickled\)'),
+}
+
+
+@pytest.mark.parametrize('fault', CHECKPOINT_FAULTS, ids=list(CHECKPOINT_FAULTS))
+def test_checkpoint_errors_name_the_file_and_the_cause(tmp_path, fault):
+    make, error, message = CHECKPOINT_FAULTS[fault]
+    path = make(tmp_path / 'weights.pth')
+    with pytest.raises(error, match=message) as info:
+        load_checkpoint_file(str(path))
+    assert str(path) in str(info.value) and isinstance(info.value, UserError)
+    assert info.value.__cause__ is None  # torch's traceback is not chained to it
+    assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+def test_checkpoint_errors_keep_the_builtin_types():
+    """Library callers that catch FileNotFoundError / RuntimeError keep working."""
+    assert issubclass(InputFileError, FileNotFoundError) and issubclass(CheckpointError, RuntimeError)
+
+
+def test_checkpoint_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(b'weights', tmp_path / 'a.pth')
+        os.umask(0o077)
+        atomic_write(b'weights', tmp_path / 'b.pth')
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / 'a.pth').st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / 'b.pth').st_mode) == 0o600
