@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vision_rwkv.cli import run_tool
+from vision_rwkv.engine import extras
 from vision_rwkv.engine.checkpoint import atomic_write
 from vision_rwkv.errors import CheckpointError, ConfigError, InputFileError, UserError
 from vision_rwkv.models.checkpoint_file import load_checkpoint_file
@@ -117,3 +118,50 @@ def test_checkpoint_files_honour_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / 'a.pth').st_mode) == 0o644
     assert stat.S_IMODE(os.stat(tmp_path / 'b.pth').st_mode) == 0o600
+
+
+@pytest.fixture
+def config_module_needing_a_package(tmp_path, monkeypatch):
+    """A config module ``cfgmod_<n>`` that imports a package ``extrapkg_<n>`` which is not installed,
+    registered as an optional part of the install."""
+    name = f'{os.getpid()}_{tmp_path.name}'.replace('-', '_')
+    module, package = f'cfgmod_{name}', f'extrapkg_{name}'
+    (tmp_path / f'{module}.py').write_text(f'import {package}\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(extras.EXTRAS, module, ('seg', (package,), 'a package: seconds'))
+    return module, package, tmp_path
+
+
+def test_missing_optional_part_outside_the_venv_names_the_command(config_module_needing_a_package, monkeypatch):
+    module, _, _ = config_module_needing_a_package
+    monkeypatch.setattr(extras, '_in_project_venv', lambda: False)
+    with pytest.raises(ConfigError, match=r'run `bash tools/setup_env.sh seg`.*\(a package: seconds\)'):
+        extras.import_config_modules([module])
+
+
+def test_missing_optional_part_is_set_up_on_first_use(config_module_needing_a_package, monkeypatch, capsys):
+    """In the project's venv the part is installed (here: the setup script is replaced by writing the
+    package) with one line saying so, then the config's module imports."""
+    module, package, folder = config_module_needing_a_package
+    monkeypatch.setattr(extras, '_in_project_venv', lambda: True)
+    calls = []
+
+    def fake_setup(cmd, cwd):
+        calls.append(cmd)
+        (folder / f'{package}.py').write_text('')
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(extras.subprocess, 'run', fake_setup)
+    extras.import_config_modules([module])
+    assert calls == [['bash', extras.SETUP, 'seg']] and module in sys.modules
+    assert capsys.readouterr().out == f'first use of {module}: installing a package: seconds (`bash tools/setup_env.sh seg`)\n'
+
+
+def test_other_import_errors_are_not_taken_for_a_missing_part(tmp_path, monkeypatch):
+    (tmp_path / 'cfgmod_broken.py').write_text('raise ImportError("a bug in the module")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(extras.EXTRAS, 'cfgmod_broken', ('seg', ('mmseg',), 'x'))
+    with pytest.raises(ImportError, match='a bug in the module'):
+        extras.import_config_modules(['cfgmod_broken'])
+    with pytest.warns(UserWarning, match='cfgmod_broken failed to import'):
+        extras.import_config_modules(['cfgmod_broken'], allow_failed=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vision_rwkv.cli import run_tool
 from vision_rwkv.data import (COCO_CATEGORIES, COCO_CLASSES, SHAPE_CLASSES, coco_instance_sample,
                               make_coco_instance_set)
 from vision_rwkv.data.coco import (BACKGROUND_CONTRAST, MIN_AREA, POLYGON_MIN_IOU, RADIUS_RANGE, RLE_EVERY,
@@ -200,7 +201,7 @@ def test_cli_rejects_bad_arguments_with_exit_code_2_and_one_line(tmp_path, monke
     make_data = _load_make_data()
     monkeypatch.setattr(sys, 'argv', ['make_data.py', 'coco', '--out', str(tmp_path / 'bad'), *args])
     with pytest.raises(SystemExit) as exit_info:
-        make_data.main()
+        run_tool(make_data.main)  # as its __main__ does
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith(message) and stderr.count('\n') == 1

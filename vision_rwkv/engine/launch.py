@@ -15,6 +15,7 @@ from ..cli import add_debug_flag
 from ..errors import ConfigError, InputFileError
 from .checkpoint import use_safe_local_loader
 from .config_check import check_cfg_options, check_config
+from .extras import import_config_modules
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -48,11 +49,12 @@ def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str])
 
 
 def _import_custom_modules(cfg: Config) -> None:
-    """Import ``custom_imports`` now, so registries are complete when the config is checked."""
-    from mmengine.utils import import_modules_from_strings
-    custom = cfg.get('custom_imports')
-    if custom:
-        import_modules_from_strings(**custom)
+    """Import ``custom_imports`` now, so registries are complete when the config is checked; an optional
+    part of the install that a config needs (segmentation, RWKV-SAM) is set up on first use."""
+    custom = cfg.get('custom_imports') or {}
+    imports = custom.get('imports', [])
+    import_config_modules([imports] if isinstance(imports, str) else imports,
+                          allow_failed=custom.get('allow_failed_imports', False))
 
 
 def setup_launcher(cfg: Config, launcher: str, local_rank: int = 0) -> None:
