@@ -77,7 +77,7 @@ class SpatialMixV6(nn.Module):
         lora = torch.tanh((x + xx * self.time_maa_x) @ self.time_maa_w1)  # (B, N, 5 * 32)
         offsets = torch.einsum('bnfd,fdc->fbnc', lora.unflatten(-1, (5, MIX_LORA_DIM)), self.time_maa_w2)
         maa = (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g)
-        return tuple(x + xx * (m + offset) for m, offset in zip(maa, offsets.unbind(0)))
+        return tuple(x + xx * (m + offsets[i]) for i, m in enumerate(maa))  # indexing: torch.fx cannot unpack
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
