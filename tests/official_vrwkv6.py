@@ -385,10 +385,11 @@ def perturb_v6_(model: nn.Module, generator: Optional[torch.Generator] = None) -
             module.time_faaaa.add_(0.5 * randn(module.time_faaaa.shape))
             for name in ('x', 'w', 'k', 'v', 'r', 'g'):
                 getattr(module, f'time_maa_{name}').uniform_(0, 1, generator=generator)
-            module.time_maa_w1.copy_(randn(C, module.time_maa_w1.shape[1]) / math.sqrt(C))
-            module.time_maa_w2.copy_(0.3 * randn(module.time_maa_w2.shape) / math.sqrt(module.time_maa_w2.shape[1]))
-            module.time_decay_w1.copy_(randn(C, module.time_decay_w1.shape[1]) / math.sqrt(C))
-            module.time_decay_w2.copy_(0.2 * randn(module.time_decay_w2.shape) / math.sqrt(module.time_decay_w2.shape[0]))
+            mix_rank, decay_rank = module.time_maa_w2.shape[1], module.time_decay_w2.shape[0]
+            module.time_maa_w1.copy_(randn(module.time_maa_w1.shape) / math.sqrt(C))
+            module.time_maa_w2.copy_(0.3 * randn(module.time_maa_w2.shape) / math.sqrt(mix_rank))
+            module.time_decay_w1.copy_(randn(module.time_decay_w1.shape) / math.sqrt(C))
+            module.time_decay_w2.copy_(0.2 * randn(module.time_decay_w2.shape) / math.sqrt(decay_rank))
         elif isinstance(module, VRWKV_ChannelMix):
             module.spatial_mix_k.uniform_(0, 1, generator=generator)
             module.spatial_mix_r.uniform_(0, 1, generator=generator)

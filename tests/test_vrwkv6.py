@@ -181,6 +181,7 @@ def _fancy(C: int, layer: int, depth: int, i: int) -> Dict[str, float]:
                 time_faaaa=r01 * (1 - n) + ((i + 1) % 3 - 1) * 0.1, ffn_mix=ramp ** r10)
 
 
+@torch.no_grad()
 def test_official_initialisation():
     """Mixing, decay and bonus values of the upstream formulas (at a few channels of the first, a middle and
     the last block), the port's values, and the distributions of the random parameters."""
@@ -195,10 +196,10 @@ def test_official_initialisation():
             expected = _fancy(C, layer, depth, i)
             for name in ('time_maa_x', 'time_maa_w', 'time_maa_k', 'time_maa_v', 'time_maa_r', 'time_maa_g',
                          'time_decay', 'time_faaaa'):
-                value = float(getattr(att, name).detach().flatten()[i])
+                value = float(getattr(att, name).flatten()[i])
                 assert value == pytest.approx(expected[name], abs=1e-6), (layer, i, name)
-            assert float(ffn.spatial_mix_k.detach().flatten()[i]) == pytest.approx(expected['ffn_mix'], abs=1e-6)
-            assert float(ffn.spatial_mix_r.detach().flatten()[i]) == pytest.approx(expected['ffn_mix'], abs=1e-6)
+            assert float(ffn.spatial_mix_k.flatten()[i]) == pytest.approx(expected['ffn_mix'], abs=1e-6)
+            assert float(ffn.spatial_mix_r.flatten()[i]) == pytest.approx(expected['ffn_mix'], abs=1e-6)
         for name, param in port_att.named_parameters(recurse=False):
             if not name.endswith(('w1', 'w2')):
                 torch.testing.assert_close(getattr(att, name), param, rtol=0, atol=1e-6, msg=name)
@@ -375,6 +376,16 @@ def test_grad_checkpointing_gives_same_gradients():
         assert rel_err(param.grad, ref[name]) < 1e-6, name
 
 
+def test_bfloat16_autocast_and_dtype_factory_argument():
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = small_model()(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    model = small_model(dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert model(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_dynamic_img_size_and_padding():
     model = small_model(dynamic_img_size=True)
     assert model(torch.randn(1, 3, 80, 48)).shape == (1, 7)
@@ -412,8 +423,8 @@ def test_wkv_formula_api_is_absent():
 
 def official_layout(model: nn.Module) -> dict:
     """Our model's weights as an mmcls checkpoint."""
-    state = {('head.fc.' + k[5:] if k.startswith('head.') else 'backbone.' + k): v for k, v in model.state_dict().items()
-             if k != 'wkv_formula_id'}
+    state = {('head.fc.' + k[5:] if k.startswith('head.') else 'backbone.' + k): v
+             for k, v in model.state_dict().items() if k != 'wkv_formula_id'}
     return {'meta': {}, 'state_dict': state}
 
 

@@ -97,7 +97,8 @@ def q_shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int = 1, gamma:
 
 
 @register_notrace_function  # one torch.fx node: its checks are Python control flow on the grid
-def q_shift_multihead(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int = 1, head_size: int = 64) -> torch.Tensor:
+def q_shift_multihead(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int = 1,
+                      head_size: int = 64) -> torch.Tensor:
     """VRWKV6's Q-Shift: ``q_shift`` with gamma 1/4 inside each head of ``head_size`` channels.
 
     In every head, channels [0, hs/4) take the value of the patch to the left, [hs/4, hs/2) the patch to the

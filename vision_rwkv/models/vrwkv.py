@@ -508,7 +508,7 @@ _VERSION_MARKERS = (('VRWKV (v1)', 'vrwkv_*', '.att.spatial_decay'), ('VRWKV6', 
 
 
 def _version_hint(unexpected: Sequence[str], missing: Sequence[str]) -> str:
-    """' (a VRWKV6 checkpoint: ...)' when the checkpoint's blocks are of the other Vision-RWKV version."""
+    """' (its blocks are VRWKV6 blocks: ...)' when the checkpoint's blocks are of the other Vision-RWKV version."""
     for version, models, marker in _VERSION_MARKERS:
         if any(k.endswith(marker) for k in unexpected) and not any(k.endswith(marker) for k in missing):
             return f' (its blocks are {version} blocks: load it into a {models} model)'
