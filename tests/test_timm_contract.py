@@ -107,8 +107,8 @@ def test_missing_timm_sdist_fails_with_setup_hint(tmp_path):
 
 
 def test_timm_config_and_api_tests_on_every_model(tmp_path):
-    """timm's config / API test for all 12 models on the meta device: factory device and dtype, classifier
-    reset, pooling, head widths, group_matcher, no_weight_decay, frozen parameters."""
+    """timm's config / API test for all 15 models (12 VRWKV, 3 VRWKV6) on the meta device: factory device and
+    dtype, classifier reset, pooling, head widths, group_matcher, no_weight_decay, frozen parameters."""
     outcomes = run_timm_tests(timm_tests(tmp_path), ALL_MODELS, 'cfg')
     assert_all_ran(outcomes, ALL_MODELS, ['test_model_default_cfgs_non_std'])
 
@@ -117,7 +117,7 @@ def test_timm_config_and_api_tests_on_every_model(tmp_path):
 @pytest.mark.timeout(3600)
 def test_timm_model_tests_on_tiny_models(tmp_path):
     """Every per-model test (forward, backward, features, pruning, fx, config) on the tiny models of the three
-    wkv modes (``-m slow``: 6 minutes per model on 2 shared CPU cores, over the default suite's budget)."""
+    wkv modes and VRWKV6 (``-m slow``: 6 minutes per model on 2 shared CPU cores, over the default suite's budget)."""
     assert_all_ran(run_timm_tests(timm_tests(tmp_path), TINY_MODELS), TINY_MODELS, PER_MODEL_TESTS)
 
 

@@ -26,7 +26,8 @@ def q_shift_by_slices(x, grid, shift_pixel=1, gamma=0.25):
     return out.flatten(2).transpose(1, 2)
 
 
-def shift_mix_by_autograd(x, grid, mixes, shift_pixel, gamma):
+def shift_mix_by_autograd(x, grid, mixes, shift_pixel, gamma, head_size=None):
+    assert head_size is None, 'whole-channel Q-Shift only (the head-wise one is tested in test_vrwkv6.py)'
     xx = q_shift_by_slices(x, grid, shift_pixel, gamma)
     return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)
 

@@ -9,7 +9,7 @@ of timm runs on the VRWKV models, under timm's own filters:
 * our models stand where timm puts its ViT: a filter list that names ``vit_*`` (``NON_STD_FILTERS``:
   transformers whose ``forward_features`` returns tokens) also names ``vrwkv*``, and a module list that
   names ``vision_transformer`` (``FEAT_INTER_FILTERS``: models with ``forward_intermediates``) also names
-  our module ``vrwkv``;
+  our modules ``vrwkv`` and ``vrwkv6``;
 * timm's size rules apply unchanged: ``EXCLUDE_FILTERS`` (by name, e.g. '*enormous*', '*_5b_*': none of
   ours) and the "Fixed input size model > limit." skips of the tests whose input-size limit is below a
   model's fixed input size (VRWKV-L/384 in the backward, fx, feature and config tests, as ViT-L/384).
@@ -22,6 +22,7 @@ import fnmatch
 import inspect
 import os
 import random
+from typing import List
 
 import pytest
 import timm
@@ -33,7 +34,7 @@ if not torch.cuda.is_available():  # as tests/conftest.py: Triton decides at dec
 import vision_rwkv  # noqa: E402  (registers the models)
 
 OUR_MODELS = os.environ.get('VRWKV_TIMM_MODELS', 'vrwkv*').split(',')
-OUR_MODULE = vision_rwkv.models.vrwkv.__name__.split('.')[-1]
+OUR_MODULES = [m.__name__.split('.')[-1] for m in (vision_rwkv.models.vrwkv, vision_rwkv.models.vrwkv6)]
 NEEDS_NETWORK = ('test_model_inference', 'test_model_load_pretrained', 'test_model_features_pretrained')
 SEED = int(os.environ.get('VRWKV_TEST_SEED', random.SystemRandom().randrange(2 ** 31)))
 
@@ -41,10 +42,10 @@ _list_models = timm.list_models
 _list_pretrained = timm.list_pretrained
 
 
-def _with_ours(patterns, vit_pattern: str, ours: str):
+def _with_ours(patterns, vit_pattern: str, ours: List[str]):
     """``patterns`` plus ``ours`` where the list names ``vit_pattern``."""
     if isinstance(patterns, (list, tuple)) and vit_pattern in patterns:
-        return [*patterns, ours]
+        return [*patterns, *ours]
     return patterns
 
 
@@ -62,9 +63,9 @@ def list_models(*args, **kwargs):
     bound = inspect.signature(_list_models).bind(*args, **kwargs)
     for arg in ('filter', 'exclude_filters'):
         if arg in bound.arguments:
-            bound.arguments[arg] = _with_ours(bound.arguments[arg], 'vit_*', 'vrwkv*')
+            bound.arguments[arg] = _with_ours(bound.arguments[arg], 'vit_*', ['vrwkv*'])
     if 'module' in bound.arguments:
-        bound.arguments['module'] = _with_ours(bound.arguments['module'], 'vision_transformer', OUR_MODULE)
+        bound.arguments['module'] = _with_ours(bound.arguments['module'], 'vision_transformer', OUR_MODULES)
     return _ours(_list_models(*bound.args, **bound.kwargs))
 
 

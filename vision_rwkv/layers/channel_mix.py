@@ -34,7 +34,9 @@ def squared_relu(x: torch.Tensor) -> torch.Tensor:
 class ChannelMix(nn.Module):
     """Channel mixing of a VRWKV block (official name: ``VRWKV_ChannelMix``).
 
-    y = sigmoid(receptance(xr)) * value(key_norm(relu(key(xk)) ** 2)), hidden width hidden_rate * dim.
+    y = sigmoid(receptance(xr)) * value(key_norm(relu(key(xk)) ** 2)), hidden width hidden_rate * dim,
+    where xk, xr interpolate the input with its Q-shifted copy: across all channels (``q_shift``, VRWKV), or
+    within each head of ``head_size`` channels (``q_shift_multihead``: VRWKV6's channel mix, head_size 64).
     """
 
     def __init__(
@@ -47,13 +49,18 @@ class ChannelMix(nn.Module):
             channel_gamma: float = 0.25,
             init_mode: str = 'fancy',
             key_norm: bool = False,
+            head_size: Optional[int] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        if head_size is not None and (dim % head_size or channel_gamma != 0.25):
+            raise ValueError(f'ChannelMix: the head-wise Q-Shift needs dim a multiple of head_size and channel_gamma '
+                             f'1/4, got dim={dim}, head_size={head_size}, channel_gamma={channel_gamma}')
         self.shift_pixel = shift_pixel
         self.channel_gamma = channel_gamma
+        self.head_size = head_size
         hidden = int(hidden_rate * dim)
         if shift_pixel > 0:
             init = channel_mix_init(dim, layer_id, num_layers, init_mode)
@@ -68,7 +75,7 @@ class ChannelMix(nn.Module):
         """x: (B, N, C) tokens of an (H, W) = grid patch grid -> (B, N, C)."""
         if self.shift_pixel > 0:
             mixes = (self.spatial_mix_k, self.spatial_mix_r)
-            xk, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma)
+            xk, xr = shift_mix(x, grid, mixes, self.shift_pixel, self.channel_gamma, self.head_size)
         else:
             xk = xr = x
         k = squared_relu(self.key(xk))

@@ -54,3 +54,44 @@ def channel_mix_init(dim: int, layer_id: int, num_layers: int, init_mode: str) -
         return dict(spatial_mix_k=torch.full((1, 1, dim), 0.5), spatial_mix_r=torch.full((1, 1, dim), 0.5))
     ratio = channel_ramp(dim) ** (1.0 - layer_id / num_layers)
     return dict(spatial_mix_k=ratio, spatial_mix_r=ratio.clone())
+
+
+#: Widths of VRWKV6's low-rank projections: the five data-dependent mixing offsets (w, k, v, r, g) and the
+#: data-dependent decay (official TIME_MIX_EXTRA_DIM, TIME_DECAY_EXTRA_DIM).
+MIX_LORA_DIM = 32
+DECAY_LORA_DIM = 64
+LORA_INIT_BOUND = 1e-4
+
+
+def spatial_mix_v6_init(dim: int, num_heads: int, layer_id: int, num_layers: int) -> Dict[str, torch.Tensor]:
+    """Initial mixing, decay and bonus parameters of one VRWKV6 Spatial Mix (the official 'fancy' init).
+
+    With r01 = layer_id / (num_layers - 1), r10 = 1 - layer_id / num_layers, ramp_i = i / dim, n = i / (dim - 1):
+    time_maa_{x,w,k} = 1 - ramp^r10, time_maa_v = 1 - (ramp^r10 + 0.3 r01), time_maa_{r,g} = 1 - ramp^(r10 / 2);
+    time_decay = -6 + 5 n^(0.7 + 1.3 r01); time_faaaa = r01 (1 - n) + 0.1 ((i + 1) mod 3 - 1), as (heads, dim /
+    heads); the low-rank weights time_maa_w1 (dim, 5·32), time_maa_w2 (5, 32, dim), time_decay_w1 (dim, 64),
+    time_decay_w2 (64, dim) uniform in [-1e-4, 1e-4] (torch's global generator). float32 on the CPU.
+    """
+    ratio_0_to_1 = layer_id / max(num_layers - 1, 1)
+    ratio_1_to_almost0 = 1.0 - layer_id / num_layers
+    ramp = channel_ramp(dim)
+    n = torch.arange(dim, dtype=torch.float64) / max(dim - 1, 1)  # float64 as the official Python floats
+    zigzag = (torch.arange(1, dim + 1) % 3 - 1).double() * 0.1
+
+    def lora(*shape: int) -> torch.Tensor:
+        return torch.empty(shape).uniform_(-LORA_INIT_BOUND, LORA_INIT_BOUND)
+
+    return dict(
+        time_maa_x=1.0 - ramp ** ratio_1_to_almost0,
+        time_maa_w=1.0 - ramp ** ratio_1_to_almost0,
+        time_maa_k=1.0 - ramp ** ratio_1_to_almost0,
+        time_maa_v=1.0 - (ramp ** ratio_1_to_almost0 + 0.3 * ratio_0_to_1),
+        time_maa_r=1.0 - ramp ** (0.5 * ratio_1_to_almost0),
+        time_maa_g=1.0 - ramp ** (0.5 * ratio_1_to_almost0),
+        time_maa_w1=lora(dim, 5 * MIX_LORA_DIM),
+        time_maa_w2=lora(5, MIX_LORA_DIM, dim),
+        time_decay=(-6 + 5 * n ** (0.7 + 1.3 * ratio_0_to_1)).float().view(1, 1, dim),
+        time_decay_w1=lora(dim, DECAY_LORA_DIM),
+        time_decay_w2=lora(DECAY_LORA_DIM, dim),
+        time_faaaa=(ratio_0_to_1 * (1 - n) + zigzag).float().view(num_heads, dim // num_heads),
+    )

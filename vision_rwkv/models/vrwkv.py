@@ -6,12 +6,15 @@ norm ``ln0``, optional post-norm and layer scale, final norm ``ln1``, global ave
 linear head (VRWKV-L: fc + tanh + linear). Parameter names follow the official code, so official
 checkpoints load after ``checkpoint_filter_fn`` strips their wrappers.
 
+``VRWKV`` builds its blocks with ``block_fn``: ``Block`` here, VRWKV6's ``BlockV6`` in ``vrwkv6.py``, which
+registers the VRWKV6 models on this class.
+
 Paper: "Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Like Architectures",
 https://arxiv.org/abs/2403.02308
 """
 import logging
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -27,36 +30,32 @@ from vision_rwkv.layers.spatial_mix import WKV_FORMULAS
 
 from .checkpoint_file import load_checkpoint_file
 
-__all__ = ['VRWKV', 'Block', 'checkpoint_filter_fn']
+__all__ = ['VRWKV', 'Block', 'BlockBase', 'checkpoint_filter_fn']
 
 _logger = logging.getLogger(__name__)
 
 GLOBAL_POOLS = ('', 'avg', 'max', 'avgmax')
 
 
-class Block(nn.Module):
-    """VRWKV block: x + drop_path(gamma1 * att(ln1(x))), then the same with ffn and ln2.
+class BlockBase(nn.Module):
+    """Residual structure of the VRWKV blocks: x + drop_path(gamma1 * att(ln1(x))), then the same with ffn
+    and ln2.
 
     With ``post_norm`` the norms move to the branch outputs: x + drop_path(gamma1 * ln1(att(x))).
-    Block 0 first normalises its input with ``ln0``. ``device`` and ``dtype`` are the parameters' factory
-    arguments.
+    Block 0 first normalises its input with ``ln0``. ``gamma1``, ``gamma2`` (layer scale) exist when
+    ``init_values`` is given. ``att`` and ``ffn`` map (B, N, C) tokens and their (H, W) grid to (B, N, C);
+    ``device`` and ``dtype`` are the factory arguments of the norms and layer scales.
     """
 
     def __init__(
             self,
             dim: int,
             layer_id: int,
-            num_layers: int,
-            hidden_rate: float = 4,
-            shift_pixel: int = 1,
-            channel_gamma: float = 0.25,
-            init_mode: str = 'fancy',
-            key_norm: bool = False,
+            att: nn.Module,
+            ffn: nn.Module,
             post_norm: bool = False,
             init_values: Optional[float] = None,
             drop_path: float = 0.,
-            wkv_mode: str = 'raster',
-            wkv_formula: str = 'paper',
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
@@ -66,10 +65,8 @@ class Block(nn.Module):
         self.ln0 = nn.LayerNorm(dim, **dd) if layer_id == 0 else None
         self.ln1 = nn.LayerNorm(dim, **dd)
         self.ln2 = nn.LayerNorm(dim, **dd)
-        self.att = SpatialMix(
-            dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm, wkv_mode, wkv_formula, **dd)
-        self.ffn = ChannelMix(
-            dim, layer_id, num_layers, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm, **dd)
+        self.att = att
+        self.ffn = ffn
         if init_values is not None:
             self.gamma1 = nn.Parameter(torch.full((dim,), float(init_values), **dd))
             self.gamma2 = nn.Parameter(torch.full((dim,), float(init_values), **dd))
@@ -92,6 +89,45 @@ class Block(nn.Module):
             x = x + self.drop_path(self._scale(self.att(self.ln1(x), grid), self.gamma1))
             x = x + self.drop_path(self._scale(self.ffn(self.ln2(x), grid), self.gamma2))
         return x
+
+
+class Block(BlockBase):
+    """VRWKV block: Spatial Mix (Q-Shift + Bi-WKV) and Channel Mix in ``BlockBase``'s residual structure.
+
+    Takes the keyword arguments that ``VRWKV`` passes to every ``block_fn``; ``num_heads`` belongs to VRWKV6
+    blocks and must stay None. ``wkv_formula`` None means 'paper'.
+    """
+
+    #: Bi-WKV arithmetics the block can run (``SpatialMix.set_wkv_formula``); VRWKV records the one in use.
+    wkv_formulas = WKV_FORMULAS
+
+    def __init__(
+            self,
+            dim: int,
+            layer_id: int,
+            num_layers: int,
+            hidden_rate: float = 4,
+            shift_pixel: int = 1,
+            channel_gamma: float = 0.25,
+            init_mode: str = 'fancy',
+            key_norm: bool = False,
+            post_norm: bool = False,
+            init_values: Optional[float] = None,
+            drop_path: float = 0.,
+            wkv_mode: str = 'raster',
+            wkv_formula: Optional[str] = 'paper',
+            num_heads: Optional[int] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
+        if num_heads is not None:
+            raise ValueError(f'num_heads={num_heads}: VRWKV (v1) blocks have no heads (their Bi-WKV mixes each '
+                             'channel alone); num_heads is an option of the VRWKV6 models')
+        dd = dict(device=device, dtype=dtype)
+        att = SpatialMix(dim, layer_id, num_layers, shift_pixel, channel_gamma, init_mode, key_norm, wkv_mode,
+                         wkv_formula or 'paper', **dd)
+        ffn = ChannelMix(dim, layer_id, num_layers, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm, **dd)
+        super().__init__(dim, layer_id, att, ffn, post_norm, init_values, drop_path, **dd)
 
 
 class VRWKV(nn.Module):
@@ -127,6 +163,12 @@ class VRWKV(nn.Module):
         dynamic_img_size: accept any input size, resampling the position embedding.
         dynamic_img_pad: pad inputs to a multiple of the patch size.
         interpolate_mode: position-embedding resampling mode.
+        block_fn: block class, called with the keyword arguments dim, layer_id, num_layers, hidden_rate,
+            shift_pixel, channel_gamma, init_mode, key_norm, post_norm, init_values, drop_path, wkv_mode,
+            wkv_formula, num_heads, device, dtype: ``Block`` (VRWKV) or ``vrwkv6.BlockV6`` (VRWKV6, which
+            takes neither another wkv_mode nor a wkv_formula). Its class attribute ``wkv_formulas`` (none:
+            no choice) decides whether the model has the Bi-WKV formula API and buffer.
+        num_heads: VRWKV6 only: number of heads of 64 channels (None: embed_dim / 64).
         device: device of the parameters (e.g. 'meta' to build without allocating).
         dtype: dtype of the floating-point parameters.
     """
@@ -157,6 +199,8 @@ class VRWKV(nn.Module):
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
             interpolate_mode: str = 'bicubic',
+            block_fn: Type[nn.Module] = Block,
+            num_heads: Optional[int] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
@@ -181,12 +225,16 @@ class VRWKV(nn.Module):
 
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as torch.linspace
         self.layers = nn.ModuleList([
-            Block(embed_dim, i, depth, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm,
-                  post_norm, init_values, dpr[i], wkv_mode, wkv_formula or 'paper', **dd)
+            block_fn(dim=embed_dim, layer_id=i, num_layers=depth, hidden_rate=hidden_rate, shift_pixel=shift_pixel,
+                     channel_gamma=channel_gamma, init_mode=init_mode, key_norm=key_norm, post_norm=post_norm,
+                     init_values=init_values, drop_path=dpr[i], wkv_mode=wkv_mode, wkv_formula=wkv_formula,
+                     num_heads=num_heads, **dd)
             for i in range(depth)])
         self.wkv_formula_fixed = wkv_formula is not None
-        self.register_buffer('wkv_formula_id', torch.tensor(WKV_FORMULAS.index(wkv_formula or 'paper'),
-                                                            dtype=torch.uint8, device=device))
+        # the Bi-WKV formula the weights run with (None: blocks without a choice, e.g. VRWKV6)
+        formula_id = (torch.tensor(WKV_FORMULAS.index(wkv_formula or 'paper'), dtype=torch.uint8, device=device)
+                      if getattr(block_fn, 'wkv_formulas', ()) else None)
+        self.register_buffer('wkv_formula_id', formula_id)
         self.ln1 = nn.LayerNorm(embed_dim, **dd) if final_norm else nn.Identity()
         self.feature_info = [
             dict(module=f'layers.{i}', num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
@@ -204,13 +252,19 @@ class VRWKV(nn.Module):
 
     # ---- Bi-WKV formula ----------------------------------------------------------------------
     @property
-    def wkv_formula(self) -> str:
-        """'paper' (Eq. 5) or 'official' (the official CUDA kernels' arithmetic) in every block."""
+    def wkv_formula(self) -> Optional[str]:
+        """'paper' (Eq. 5) or 'official' (the official CUDA kernels' arithmetic) in every block; None for blocks
+        whose WKV has one definition (VRWKV6)."""
+        if self.wkv_formula_id is None:
+            return None
         return self.layers[0].att.wkv_formula if len(self.layers) else 'paper'
 
     def set_wkv_formula(self, formula: str) -> None:
         """Run every block's Bi-WKV with ``formula`` ('paper' or 'official', raster mode only); recorded in
         the ``wkv_formula_id`` buffer, so checkpoints carry it."""
+        if self.wkv_formula_id is None:
+            raise ValueError(f"wkv_formula={formula!r}: this model's WKV has one definition (VRWKV6: the official "
+                             "kernel's); wkv_formula is an option of VRWKV (v1) models")
         for block in self.layers:
             block.att.set_wkv_formula(formula)
         if not self.wkv_formula_id.is_meta:
@@ -221,7 +275,7 @@ class VRWKV(nn.Module):
         ``wkv_formula`` was given to the constructor. Every loader (torch, timm, mmengine) calls this."""
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         key = prefix + 'wkv_formula_id'
-        if key not in state_dict or self.wkv_formula_id.is_meta:
+        if self.wkv_formula_id is None or key not in state_dict or self.wkv_formula_id.is_meta:
             return
         code = int(self.wkv_formula_id)
         if code not in range(len(WKV_FORMULAS)):
@@ -449,6 +503,18 @@ def resample_square_pos_embed(pos_embed: torch.Tensor, model: VRWKV) -> torch.Te
     return resample_pos_embed(pos_embed, (side, side), model.patch_embed.grid_size, model.interpolate_mode)
 
 
+#: A key that only the Spatial Mix of each version has: VRWKV (v1) and VRWKV6.
+_VERSION_MARKERS = (('VRWKV (v1)', 'vrwkv_*', '.att.spatial_decay'), ('VRWKV6', 'vrwkv6_*', '.att.time_decay'))
+
+
+def _version_hint(unexpected: Sequence[str], missing: Sequence[str]) -> str:
+    """' (its blocks are VRWKV6 blocks: ...)' when the checkpoint's blocks are of the other Vision-RWKV version."""
+    for version, models, marker in _VERSION_MARKERS:
+        if any(k.endswith(marker) for k in unexpected) and not any(k.endswith(marker) for k in missing):
+            return f' (its blocks are {version} blocks: load it into a {models} model)'
+    return ''
+
+
 def _check_keys(state_dict: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor], model: nn.Module) -> None:
     """Raise when the converted keys are not exactly the model's, naming a few of each kind."""
     unexpected = [k for k in state_dict if k not in own]
@@ -457,20 +523,21 @@ def _check_keys(state_dict: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor
         raise ValueError(
             f'checkpoint keys match neither the official Vision-RWKV formats (mmcls, InternImage-style VRWKV-L, '
             f'mmseg VRWKV_Adapter) nor this {type(model).__name__}: {len(unexpected)} unexpected keys, e.g. '
-            f'{unexpected[:5]}; {len(missing)} missing keys, e.g. {missing[:5]}')
+            f'{unexpected[:5]}; {len(missing)} missing keys, e.g. {missing[:5]}{_version_hint(unexpected, missing)}')
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, torch.Tensor]:
-    """Convert an official Vision-RWKV checkpoint (or ours) to this model's state dict.
+    """Convert an official Vision-RWKV or VRWKV6 checkpoint (or ours) to this model's state dict.
 
-    Accepts the mmcls classification format (``state_dict`` with ``backbone.*``, ``head.fc.*``),
+    Accepts the mmcls classification format (``state_dict`` with ``backbone.*``, ``head.fc.*``; VRWKV and VRWKV6),
     the InternImage-style format of VRWKV-L (``model`` with ``head.0/2.*``), and mmseg / mmdet
     checkpoints whose backbone is the official ``VRWKV_Adapter`` (adapter modules and decode heads
     are dropped; their missing final norm and classifier keep this model's initial values). The
     position embedding is resampled to the model's grid; the patch projection is left to timm's
     loader, which adapts it to ``in_chans`` (once). A checkpoint that records no Bi-WKV formula
     (``wkv_formula_id``: every official one) was trained with the official kernels: the model switches to
-    ``wkv_formula='official'`` as it loads, unless the formula was given to its constructor.
+    ``wkv_formula='official'`` as it loads, unless the formula was given to its constructor (VRWKV6 models
+    have no formula to choose and record none).
 
     Raises:
         ValueError: the checkpoint is not a state dict, or its keys are not this model's after the
@@ -482,7 +549,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, 
         key = _rename_head(_strip_prefix(key))
         if not (key.startswith(_NON_BACKBONE_PREFIXES) or (key.startswith(_TOP_PREFIXES) and key not in own)):
             out[key] = value
-    if out:
+    if out and 'wkv_formula_id' in own:
         out.setdefault('wkv_formula_id', official_formula_id())
     backbone_only = not any(k.startswith(('head.', 'ln1.')) for k in out)
     if backbone_only:
