@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vision_rwkv.kernels.wkv6_torch as wkv6_torch
-from vision_rwkv.kernels import bi_wkv6_reference
+from vision_rwkv.kernels import bi_wkv6, bi_wkv6_reference
 from vision_rwkv.kernels.wkv6_torch import wkv6_torch_backward, wkv6_torch_forward
 
 from conftest import rel_err
@@ -121,3 +121,103 @@ def test_torch_path_long_sequence_float32():
     assert_close(y, y64, TOL32, 'y')
     for name, g, g64 in zip(('gr', 'gk', 'gv', 'gw', 'gu'), grads, grads64):
         assert_close(g, g64, TOL32, name)
+
+
+# ---- the public operator: dispatch, torch.library registration, errors -------------------------------
+OPS = torch.ops.vision_rwkv
+GRAD_NAMES = ('gr', 'gk', 'gv', 'gw', 'gu')
+
+
+def leaves(B=2, T=12, C=128, dtypes=(torch.float32,) * 5):
+    """r, k, v, w, u requiring grad, each in its dtype (w in [-3, 1])."""
+    return [t.to(dt).requires_grad_() for t, dt in zip(make_inputs(B, T, C, dtype=torch.float32), dtypes)]
+
+
+def test_bi_wkv6_autograd_matches_reference_in_input_dtypes():
+    """bf16 r, k, v, u with fp32 w (the official model's mix): y in r's dtype, gradients in each input's.
+    Only bf16 rounding of the output and gradients (eps 2^-8) separates them from the reference."""
+    inputs = leaves(dtypes=(torch.bfloat16, torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16))
+    y = bi_wkv6(*inputs)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 12, 128)
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, gy)
+    y_ref, grads_ref = reference_and_grads(inputs, gy)
+    eps16 = torch.finfo(torch.bfloat16).eps
+    assert rel_err(y, y_ref) < eps16
+    for name, g, g_ref, x in zip(GRAD_NAMES, grads, grads_ref, inputs):
+        assert g.dtype == x.dtype, name
+        assert rel_err(g, g_ref) < eps16, name
+
+
+def test_compile_without_graph_breaks_and_export_one_node_per_call():
+    inputs = leaves()
+    explanation = torch._dynamo.explain(bi_wkv6)(*inputs)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(bi_wkv6, backend='aot_eager', fullgraph=True)
+    y, y_ref = compiled(*inputs), bi_wkv6(*inputs)
+    gy = torch.randn_like(y)
+    for g, g_ref in zip(torch.autograd.grad(y, inputs, gy), torch.autograd.grad(y_ref, inputs, gy)):
+        assert torch.equal(g, g_ref)  # the same operator kernels run
+    assert torch.equal(y, y_ref)
+
+    class TwoCalls(torch.nn.Module):
+        def forward(self, r, k, v, w, u):
+            return bi_wkv6(bi_wkv6(r, k, v, w, u), k, v, w, u)
+
+    detached = tuple(t.detach() for t in inputs)
+    program = torch.export.export(TwoCalls(), detached)
+    nodes = [n.target for n in program.graph.nodes
+             if n.op == 'call_function' and getattr(n.target, 'namespace', None) == 'vision_rwkv']
+    assert nodes == [OPS.bi_wkv6_forward.default] * 2
+    assert torch.equal(program.module()(*detached), TwoCalls()(*detached))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
+def test_opcheck(dtype):
+    """Schemas, fake kernels, autograd registration and AOT dispatch of both operators."""
+    inputs = leaves(B=1, T=5, C=64, dtypes=(dtype,) * 5)
+    torch.library.opcheck(OPS.bi_wkv6_forward, (*inputs, False))
+    detached = [t.detach() for t in inputs]
+    torch.library.opcheck(OPS.bi_wkv6_backward, (*detached, torch.randn(1, 5, 64, dtype=dtype), False))
+
+
+def test_meta_tensors_give_shapes_and_dtypes():
+    inputs = [t.detach().to('meta') for t in leaves(dtypes=(torch.float16, torch.float16, torch.float16,
+                                                            torch.float32, torch.float32))]
+    y = bi_wkv6(*inputs)
+    assert (y.device.type, y.shape, y.dtype) == ('meta', (2, 12, 128), torch.float16)
+
+
+@pytest.mark.parametrize('change, error, match', [
+    (dict(C=96), ValueError, 'heads of 64'),
+    (dict(u_shape=(3, 64)), ValueError, r'u must have shape \(H, 64\) = \(2, 64\)'),
+    (dict(u_shape=(128,)), ValueError, 'u must have shape'),
+    (dict(T=0), ValueError, 'empty'),
+    (dict(w_shape=(2, 12, 64)), ValueError, 'w has shape'),
+    (dict(k_dim=2), ValueError, r'k must have shape \(B, T, C\)'),
+    (dict(int_v=True), TypeError, 'v must be float16'),
+    (dict(backend='cuda'), ValueError, 'backend must be one of'),
+    (dict(backend='triton', dtype=torch.float64), TypeError, 'not float64'),
+])
+def test_bad_inputs_are_clear_errors(change, error, match):
+    C, T = change.get('C', 128), change.get('T', 12)
+    dtype = change.get('dtype', torch.float32)
+    r, k, v = (torch.randn(2, T, C, dtype=dtype) for _ in range(3))
+    w = torch.randn(change.get('w_shape', (2, T, C)), dtype=dtype)
+    u = torch.randn(change.get('u_shape', (C // 64, 64)), dtype=dtype)
+    if change.get('k_dim') == 2:
+        k = k[0]
+    if change.get('int_v'):
+        v = v.long()
+    with pytest.raises(error, match=match):
+        bi_wkv6(r, k, v, w, u, backend=change.get('backend'))
+
+
+def test_nan_decay_is_a_clear_error_eager_and_compiled():
+    r, k, v, w, u = leaves()
+    w = w.detach().clone()
+    w[1, 7, 100] = float('nan')
+    with pytest.raises(ValueError, match='w .* contains NaN'):
+        bi_wkv6(r, k, v, w, u)
+    with pytest.raises(ValueError, match='w .* contains NaN'):
+        torch.compile(bi_wkv6, backend='aot_eager', fullgraph=True)(r, k, v, w, u)
