@@ -10,7 +10,9 @@ Each call runs one ``torch.library`` operator, ``vision_rwkv::bi_wkv_forward`` o
 ``vision_rwkv::bi_wkv_backward`` / ``bi_wkv_2d_backward``), so ``torch.compile`` traces models without
 graph breaks and ``torch.export`` records one node per call.
 
-``bi_wkv6`` is VRWKV6's bidirectional RWKV-6 WKV (matrix state per head of 64 channels, data-dependent decay).
+``bi_wkv6`` is VRWKV6's bidirectional RWKV-6 WKV (matrix state per head of 64 channels, data-dependent decay):
+one operator ``vision_rwkv::bi_wkv6_forward`` per call (backward ``bi_wkv6_backward``), Triton on CUDA
+tensors, a chunked PyTorch path otherwise.
 """
 from .bi_wkv import bi_wkv
 from .bi_wkv_2d import bi_wkv_2d
