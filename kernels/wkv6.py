@@ -72,6 +72,12 @@ def check_decays(w: torch.Tensor) -> None:
         raise ValueError('bi_wkv6: w (the log-log decays) contains NaN')
 
 
+def _no_autocast(t: torch.Tensor):
+    """The PyTorch path computes in its own accumulation dtype: an enclosing autocast region (the operator's
+    implementation runs inside it) would run its matmuls in bf16 / fp16."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _forward_impl(r, k, v, w, u, use_triton):
     """y (B, T, C) in the dtype of r: the Triton kernels or the chunked PyTorch path."""
     check_decays(w)
@@ -80,7 +86,8 @@ def _forward_impl(r, k, v, w, u, use_triton):
         with _cuda_guard(k):
             y = wkv6_triton_forward(r, k, v, w, u)
     else:
-        y = wkv6_torch_forward(r, k, v, w, u, dtype=compute_dtype(r, k, v, w))
+        with _no_autocast(k):
+            y = wkv6_torch_forward(r, k, v, w, u, dtype=compute_dtype(r, k, v, w))
     return y.to(r.dtype).contiguous()
 
 
@@ -95,7 +102,8 @@ def _backward_impl(r, k, v, w, u, gy, use_triton):
         with _cuda_guard(k):
             grads = wkv6_triton_backward(r, k, v, w, u, gy)
     else:
-        grads = wkv6_torch_backward(r, k, v, w, u, gy, dtype=compute_dtype(r, k, v, w))
+        with _no_autocast(k):
+            grads = wkv6_torch_backward(r, k, v, w, u, gy, dtype=compute_dtype(r, k, v, w))
     return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (r, k, v, w, u)))
 
 

@@ -11,7 +11,7 @@ from vision_rwkv.cli import run_tool
 from vision_rwkv.engine import extras
 from vision_rwkv.engine.checkpoint import atomic_write
 from vision_rwkv.errors import CheckpointError, ConfigError, InputFileError, UserError
-from vision_rwkv.models.checkpoint_file import load_checkpoint_file
+from vision_rwkv.checkpoint import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,6 +7,7 @@ import timm.optim
 import torch
 
 import vision_rwkv  # noqa: F401  (registers the models)
+from vision_rwkv.errors import CheckpointError
 from vision_rwkv.layers import q_shift
 from vision_rwkv.models import VRWKV, checkpoint_filter_fn
 
@@ -417,7 +418,7 @@ def test_truncated_pretrained_file_names_the_file(tmp_path):
     truncated.write_bytes(data[:len(data) // 2])
     with pytest.raises(RuntimeError, match=r'checkpoint .*truncated\.pth is truncated or corrupt') as excinfo:
         timm_from_file(truncated)
-    assert_raised_here(excinfo, 'checkpoint_file.py')
+    assert_raised_here(excinfo, 'checkpoint.py')
     with pytest.raises(FileNotFoundError, match='missing.pth does not exist'):
         timm_from_file(tmp_path / 'missing.pth')
 
@@ -440,7 +441,7 @@ def test_checkpoint_of_another_architecture_names_unexpected_and_missing_keys(tm
                                              r'missing keys') as excinfo:
             timm_from_file(path, num_classes=num_classes)
         assert_raised_here(excinfo, 'vrwkv.py')
-    with pytest.raises(ValueError, match='expected a state dict'):
+    with pytest.raises(CheckpointError, match='the checkpoint holds a list, not a state dict'):
         checkpoint_filter_fn([torch.zeros(3)], model)
 
 

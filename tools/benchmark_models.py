@@ -1,9 +1,9 @@
-"""Model-level benchmark: VRWKV-T/S in each wkv_mode against timm ViT-T/S (SDPA attention).
+"""Model-level benchmark: VRWKV-T/S in each wkv_mode and VRWKV6-T/S against timm ViT-T/S (SDPA attention).
 
 CPU inference: forward latency at batch 1 (224, 448 and 896 for T; 224 and 448 for S), the models of
 a family timed round-robin (median of up to 15 rounds) so that load bursts hit them alike.
-CPU training: one float32 training step (forward, cross-entropy, backward; no optimizer) of VRWKV-T
-and ViT-T at batch 8, 224x224, timed round-robin the same way.
+CPU training: one float32 training step (forward, cross-entropy, backward; no optimizer) of VRWKV-T,
+VRWKV6-T and ViT-T at batch 8, 224x224, timed round-robin the same way.
 CUDA: bf16 forward images/s and peak memory at 224, 512, 1024, 2048 (batch 8 at 224, fewer
 above), each model alone. Prints markdown tables, writes JSON.
 
@@ -28,9 +28,9 @@ from benchmark import machine_info, measure, report
 
 FAMILIES = {
     'tiny': ('vit_tiny_patch16_224', 'vrwkv_tiny_patch16_224', 'vrwkvcross_tiny_patch16_224',
-             'vrwkv2d_tiny_patch16_224'),
+             'vrwkv2d_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'),
     'small': ('vit_small_patch16_224', 'vrwkv_small_patch16_224', 'vrwkvcross_small_patch16_224',
-              'vrwkv2d_small_patch16_224'),
+              'vrwkv2d_small_patch16_224', 'vrwkv6_small_patch16_224'),
 }
 
 
@@ -68,12 +68,14 @@ def bench_cpu(plan: Dict[str, List[int]]) -> List[Dict]:
                 medians = _interleaved_medians({name: partial(model, x) for name, model in models.items()})
             row = dict(family=family, img_size=size, **{f'{name}_ms': ms for name, ms in medians.items()})
             row['raster_over_vit'] = row['vrwkv_ms'] / row['vit_ms']
+            row['v6_over_raster'] = row['vrwkv6_ms'] / row['vrwkv_ms']
             rows.append(row)
     return rows
 
 
 #: (label, timm name) of the models whose training steps are compared
-TRAIN_MODELS = (('vit', 'vit_tiny_patch16_224'), ('vrwkv', 'vrwkv_tiny_patch16_224'))
+TRAIN_MODELS = (('vit', 'vit_tiny_patch16_224'), ('vrwkv', 'vrwkv_tiny_patch16_224'),
+                ('vrwkv6', 'vrwkv6_tiny_patch16_224'))
 
 
 def _train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> None:
@@ -92,6 +94,7 @@ def bench_cpu_train(batch: int = 8, size: int = 224) -> List[Dict]:
                                     for label, model in models.items()}, min_time=10.0)
     row = dict(family='tiny', img_size=size, batch=batch, **{f'{label}_ms': ms for label, ms in medians.items()})
     row['vrwkv_over_vit'] = row['vrwkv_ms'] / row['vit_ms']
+    row['vrwkv6_over_vrwkv'] = row['vrwkv6_ms'] / row['vrwkv_ms']
     return [row]
 
 

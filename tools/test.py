@@ -11,7 +11,7 @@ import json
 from vision_rwkv.engine.checkpoint import atomic_write
 from vision_rwkv.cli import run_tool
 from vision_rwkv.engine.launch import add_common_args, build_runner, load_config, setup_launcher
-from vision_rwkv.models.checkpoint_file import check_checkpoint_file
+from vision_rwkv.checkpoint import check_checkpoint_file
 
 
 def parse_args():

@@ -25,7 +25,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from vision_rwkv.models.checkpoint_file import load_checkpoint_file
+from vision_rwkv.checkpoint import load_checkpoint_file
 
 
 def _umask() -> int:

@@ -13,7 +13,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import clean_state_dict
 
 from vision_rwkv.models import VRWKV, checkpoint_filter_fn
-from vision_rwkv.models.checkpoint_file import load_checkpoint_file
+from vision_rwkv.checkpoint import load_checkpoint_file, unwrap_state_dict
 
 from ..errors import ConfigError
 from .optim import timm_layer_ids
@@ -56,13 +56,7 @@ def read_pretrained_file(path: str) -> Dict[str, torch.Tensor]:
     """The weights of a checkpoint file as timm's ``pretrained_cfg_overlay=dict(file=...)`` reads them
     (EMA entry first, then ``state_dict`` / ``model``; ``module.`` prefixes stripped), always with
     ``weights_only=True``: a missing, damaged or unsafe file is a ``UserError`` naming the file and the cause."""
-    checkpoint = load_checkpoint_file(path)  # CheckpointError / InputFileError name the file and cause
-    if not isinstance(checkpoint, dict):
-        raise ConfigError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict')
-    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
-        if checkpoint.get(key) is not None:
-            return clean_state_dict(checkpoint[key])
-    return clean_state_dict(checkpoint)
+    return clean_state_dict(unwrap_state_dict(load_checkpoint_file(path), source=f'checkpoint {path}'))
 
 
 @MODELS.register_module()

@@ -14,7 +14,7 @@ from mmengine.model import BaseModel
 from mmengine.registry import METRICS, MODELS
 
 from ..errors import CheckpointError, ConfigError
-from ..models.checkpoint_file import load_checkpoint_file
+from ..checkpoint import load_checkpoint_file
 from ..sam import build_rwkv_sam
 from ..sam.losses import dice_loss, mask_iou, sigmoid_focal_loss
 from ..sam.metrics import boundary_iou

@@ -14,7 +14,7 @@ https://arxiv.org/abs/2403.02308
 """
 import logging
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ from timm.models._features import feature_take_indices
 from vision_rwkv.layers import ChannelMix, PatchEmbed, SpatialMix, resample_pos_embed
 from vision_rwkv.layers.spatial_mix import WKV_FORMULAS
 
-from .checkpoint_file import load_checkpoint_file
+from ..checkpoint import load_checkpoint_file, strip_prefixes, unwrap_state_dict
 
 __all__ = ['VRWKV', 'Block', 'BlockBase', 'checkpoint_filter_fn']
 
@@ -464,26 +464,6 @@ def official_formula_id() -> torch.Tensor:
     return torch.tensor(WKV_FORMULAS.index('official'), dtype=torch.uint8)
 
 
-def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint (``state_dict`` / ``model`` / ``module`` entry, or itself)."""
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f'expected a state dict (names -> tensors), got a {type(checkpoint).__name__}')
-    for key in ('state_dict', 'model', 'module'):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            return checkpoint[key]
-    return checkpoint
-
-
-def _strip_prefix(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
-
-
 def _rename_head(key: str) -> str:
     """Official classifier names -> ours: mmcls 'head.fc.*', InternImage-style L 'head.0/2.*'."""
     if key.startswith('head.fc.'):
@@ -545,8 +525,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: VRWKV) -> Dict[str, 
     """
     own = model.state_dict()
     out = {}
-    for key, value in _unwrap_state_dict(state_dict).items():
-        key = _rename_head(_strip_prefix(key))
+    for key, value in unwrap_state_dict(state_dict).items():
+        key = _rename_head(strip_prefixes(key, _STRIP_PREFIXES))
         if not (key.startswith(_NON_BACKBONE_PREFIXES) or (key.startswith(_TOP_PREFIXES) and key not in own)):
             out[key] = value
     if out and 'wkv_formula_id' in own:

@@ -20,8 +20,8 @@ from timm.layers import trunc_normal_
 from vision_rwkv.layers.adapter import InteractionBlock, SpatialPriorModule, deform_inputs, pyramid_shapes
 from vision_rwkv.layers.ms_deform_attn import MSDeformAttn
 
-from .checkpoint_file import load_checkpoint_file
-from .vrwkv import VRWKV, _strip_prefix, _unwrap_state_dict, official_formula_id, resample_square_pos_embed
+from ..checkpoint import load_checkpoint_file, strip_prefixes, unwrap_state_dict
+from .vrwkv import _STRIP_PREFIXES, VRWKV, official_formula_id, resample_square_pos_embed
 
 __all__ = ['VRWKVAdapter', 'backbone_checkpoint_filter', 'load_backbone_checkpoint']
 
@@ -174,8 +174,8 @@ def backbone_checkpoint_filter(checkpoint: Dict[str, Any], model: VRWKV) -> Dict
     """
     own = model.state_dict()
     out = {}
-    for key, value in _unwrap_state_dict(checkpoint).items():
-        key = _strip_prefix(key)
+    for key, value in unwrap_state_dict(checkpoint).items():
+        key = strip_prefixes(key, _STRIP_PREFIXES)
         if key.startswith(_DROPPED_PREFIXES) or not torch.is_tensor(value):
             continue
         if key.startswith('ln1.') and key not in own:

@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..errors import CheckpointError
-from ..models.checkpoint_file import load_checkpoint_file
+from ..checkpoint import load_checkpoint_file, unwrap_state_dict
 from .modeling.image_encoder import ENCODER_CONFIGS, RWKVSamImageEncoder
 from .modeling.mask_decoder import MultiScaleMaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
@@ -53,22 +53,19 @@ def build_rwkv_sam(variant: str = 'small', checkpoint: Optional[str] = None, img
     return model.eval()
 
 
-def _model_state(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The model's state dict inside a checkpoint: plain, ``state_dict`` / ``model`` wrapped, or with
-    the ``model.`` or ``sam.`` prefix (``tools/train.py`` checkpoints of ``RWKVSamTrainer``)."""
-    for key in ('state_dict', 'model'):
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
+def _model_state(checkpoint: Any, path: str) -> Dict[str, torch.Tensor]:
+    """The model's state dict inside a checkpoint: plain, wrapped (``unwrap_state_dict``), or with the
+    ``model.`` or ``sam.`` prefix on every key (``tools/train.py`` checkpoints of ``RWKVSamTrainer``)."""
+    state = unwrap_state_dict(checkpoint, source=path)
     for prefix in ('model.', 'sam.'):
-        if checkpoint and all(k.startswith(prefix) for k in checkpoint):
-            checkpoint = {k[len(prefix):]: v for k, v in checkpoint.items()}
-    return checkpoint
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def load_rwkv_sam_checkpoint(model: RWKVSam, path: str) -> None:
     """Load all weights of ``path`` into ``model`` (strict; a clear error names what does not match)."""
-    state = _model_state(load_checkpoint_file(path))
+    state = _model_state(load_checkpoint_file(path), path)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f'{path} does not fit this RWKV-SAM: {len(result.missing_keys)} missing keys '
