@@ -221,3 +221,69 @@ def test_nan_decay_is_a_clear_error_eager_and_compiled():
         bi_wkv6(r, k, v, w, u)
     with pytest.raises(ValueError, match='w .* contains NaN'):
         torch.compile(bi_wkv6, backend='aot_eager', fullgraph=True)(r, k, v, w, u)
+
+
+# ---- Triton kernels (the interpreter on CPU tensors: small shapes) --------------------------------------
+TRITON_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'  # cpu: TRITON_INTERPRET=1 (conftest)
+#: Triton against the float64 recurrence: float32 accumulation, and on the GPU matmuls of three TF32
+#: products (relative error about 2^-21 = 4 eps32 per product): 32 * eps32 = 3.8e-6 (measured in the
+#: interpreter, whose matmuls are exact: 2e-7). Outputs stored in fp16 add its rounding, eps16 / 2.
+TOL_TRITON = 32 * EPS32
+
+
+def check_triton(monkeypatch, B, T, C, dtype, w_range, chunk=64, carry_block=32):
+    """bi_wkv6(backend='triton') forward and gradients against the float64 recurrence (r, k, v, u in
+    ``dtype``, w in float32), with CHUNK_LEN and CARRY_BLOCK shrunk to reach several chunks and carries."""
+    import vision_rwkv.kernels.wkv6_triton as wkv6_triton
+    monkeypatch.setattr(wkv6_triton, 'CHUNK_LEN', chunk)
+    monkeypatch.setattr(wkv6_triton, 'CARRY_BLOCK', carry_block)
+    r, k, v, w, u = make_inputs(B, T, C, w_range, dtype=torch.float32)
+    inputs = [t.to(TRITON_DEVICE, dt).requires_grad_() for t, dt in zip((r, k, v, w, u), (dtype,) * 3 + (
+        torch.float32, dtype))]
+    y = bi_wkv6(*inputs, backend='triton')
+    assert y.dtype == dtype and y.device.type == TRITON_DEVICE
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, gy)
+    y_ref, grads_ref = reference_and_grads([t.cpu() for t in inputs], gy.cpu())
+    rounding = torch.finfo(dtype).eps / 2 if dtype != torch.float32 else 0.
+    assert_close(y.cpu(), y_ref, TOL_TRITON + rounding, 'y')
+    for name, g, g_ref, x in zip(GRAD_NAMES, grads, grads_ref, inputs):
+        assert g.dtype == x.dtype, name
+        assert_close(g.cpu(), g_ref, TOL_TRITON + (rounding if x.dtype == dtype else 0.), name)
+
+
+def test_triton_float32_chunks_and_carries_extreme_decays(monkeypatch):
+    """T = 70 in chunks of 32: three chunks (the last partial, one of its sub-blocks empty), carried across
+    blocks of two chunks; decays from 1 - 5e-5 to e^-110 per token."""
+    check_triton(monkeypatch, 1, 70, 64, torch.float32, W_EXTREME, chunk=32, carry_block=2)
+
+
+def test_triton_float16_two_heads(monkeypatch):
+    """fp16 r, k, v, u and float32 w, two heads, one partial chunk of 64 (sub-blocks 0-2 of 4)."""
+    check_triton(monkeypatch, 1, 40, 128, torch.float16, (-3.0, 1.0))
+
+
+# ---- the official kernel's formula, extremes ------------------------------------------------------------
+def test_reference_matches_official_kernel_port():
+    """kernels.reference.bi_wkv6_reference against a loop-for-loop float64 port of the official CUDA forward
+    (tests/official_wkv6.py), two heads so that u is per head; both float64, so only summation order differs."""
+    from official_wkv6 import official_wkv6_forward
+
+    inputs = make_inputs(2, 7, 128, W_EXTREME)
+    official = official_wkv6_forward(*inputs)
+    assert rel_err(bi_wkv6_reference(*inputs), official) < TOL64
+    assert rel_err(wkv6_torch_forward(*inputs, dtype=torch.float64), official) < TOL64
+
+
+def test_bf16_inputs_with_extreme_decays_are_finite_and_close():
+    """bf16 r, k, v, w, u with decays from 1 - 5e-5 to e^-110 per token: no NaN or inf anywhere, and the
+    reference's values on the same (bf16) inputs up to bf16 rounding of the results."""
+    inputs = [t.bfloat16().requires_grad_() for t in make_inputs(2, 150, 64, W_EXTREME, dtype=torch.float32)]
+    y = bi_wkv6(*inputs)
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, gy)
+    y_ref, grads_ref = reference_and_grads(inputs, gy)
+    eps16 = torch.finfo(torch.bfloat16).eps
+    assert_close(y, y_ref, eps16, 'y')
+    for name, g, g_ref in zip(GRAD_NAMES, grads, grads_ref):
+        assert_close(g, g_ref, eps16, name)

@@ -2,10 +2,11 @@
 
 For each (B, H×W, C): forward and forward+backward time of bi_wkv in raster order (Eq. 5, and the official
 kernels' formula), in cross order,
-bi_wkv_2d, and torch's scaled_dot_product_attention at the same B, T, C (C / 64 heads of 64), and
+bi_wkv_2d, VRWKV6's bi_wkv6 (C / 64 heads of 64, data-dependent decays in the models' range), and torch's
+scaled_dot_product_attention at the same B, T, C (C / 64 heads of 64), and
 each op's forward+backward time over SDPA's; all ops of a shape are timed round-robin (medians).
 CPU tensors run the PyTorch paths; on CUDA the Triton
-kernels run (raster, cross and 2D) and the table adds the minimum bytes moved and GB/s. Prints
+kernels run (raster, cross, 2D, bi_wkv6) and the table adds the minimum bytes moved and GB/s. Prints
 markdown tables, writes JSON (with the load average before and after, on a shared machine).
 
 Usage: python tools/benchmark_ops.py [--out benchmark_results/ops.json] [--quick] [--threads N]
@@ -20,12 +21,29 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import machine_info, op_inputs, report
-from vision_rwkv.kernels import bi_wkv, bi_wkv_2d
+from vision_rwkv.kernels import bi_wkv, bi_wkv6, bi_wkv_2d
 
-MODES = ('raster', 'official', 'cross', '2d', 'sdpa')
+MODES = ('raster', 'official', 'cross', '2d', 'wkv6', 'sdpa')  # SDPA last: the ratios divide by its row
+#: Minimum bytes moved per B·T·C element, in units of the input dtype's size: (forward, forward+backward).
+#: Bi-WKV reads k, v and writes y; the backward also reads k, v, gy and writes gk, gv. bi_wkv6 reads r, k, v
+#: and a float32 w (twice the units of bf16) and writes y; its backward also reads them and gy and writes
+#: gr, gk, gv, gw.
+TRAFFIC = {'wkv6': (6, 17)}
+TRAFFIC_BI_WKV = (3, 8)
+
+
+def wkv6_inputs(B: int, T: int, C: int, dtype: torch.dtype, device: str):
+    """r, k, v (B, T, C) in ``dtype``, w (B, T, C) float32 uniform in [-7, 0] (the models' decays), u
+    (C / 64, 64) in ``dtype``; all requiring grad."""
+    r, k, v = (torch.randn(B, T, C, device=device, dtype=dtype) for _ in range(3))
+    w = torch.rand(B, T, C, device=device) * 7 - 7
+    u = torch.randn(C // 64, 64, device=device, dtype=dtype)
+    return tuple(t.requires_grad_() for t in (r, k, v, w, u))
 
 
 def _op(mode: str, grid, backend: str):
+    if mode == 'wkv6':
+        return lambda r, k, v, w, u: bi_wkv6(r, k, v, w, u, backend=backend)
     if mode == '2d':
         return lambda w, u, k, v: bi_wkv_2d(w, u, k, v, grid, backend=backend)
     if mode == 'sdpa':
@@ -78,16 +96,18 @@ def bench(shapes: List[tuple], device: str, dtype: torch.dtype) -> List[Dict]:
     for B, H, W, C in shapes:
         T = H * W
         args = op_inputs(B, T, C, dtype, device)
+        args6 = wkv6_inputs(B, T, C, dtype, device)
         fns = {(mode, kind): fn for mode in MODES
-               for kind, fn in _fwd_and_fwd_bwd(_op(mode, (H, W), backend), args).items()}
+               for kind, fn in _fwd_and_fwd_bwd(_op(mode, (H, W), backend), args6 if mode == 'wkv6' else args).items()}
         medians = _round_robin_medians(fns, sync)
         for mode in MODES:
             r = {'fwd_ms': medians[mode, 'fwd'], 'fwd_bwd_ms': medians[mode, 'fwd_bwd']}
             row = dict(B=B, grid=f'{H}x{W}', C=C, dtype=str(dtype).replace('torch.', ''), op=mode, **r)
             if device == 'cuda':
-                elt = args[2].element_size()  # minimum traffic: read k, v, write y; bwd: gy in, gk, gv out
-                row['fwd_GBps'] = 3 * B * T * C * elt / r['fwd_ms'] / 1e6
-                row['fwd_bwd_GBps'] = 8 * B * T * C * elt / r['fwd_bwd_ms'] / 1e6
+                elt = args[2].element_size()
+                fwd, fwd_bwd = TRAFFIC.get(mode, TRAFFIC_BI_WKV)
+                row['fwd_GBps'] = fwd * B * T * C * elt / r['fwd_ms'] / 1e6
+                row['fwd_bwd_GBps'] = fwd_bwd * B * T * C * elt / r['fwd_bwd_ms'] / 1e6
             rows.append(row)
         sdpa_ms = rows[-1]['fwd_bwd_ms']
         for row in rows[-len(MODES):]:

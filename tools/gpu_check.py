@@ -5,12 +5,13 @@ Sections, in order (``--sections`` picks some):
   kernels       every Triton Bi-WKV kernel (raster, column-major, cross, 2D; forward and backward; fp32,
                 fp16, bf16) against the float64 references of ``vision_rwkv.kernels``: T = 1, odd C,
                 grids 1xT and Tx1, non-contiguous inputs, T = 65536 (row-subset reference), and a
-                forward over more than 2^31 elements (see ``gpu_check_kernels``).
+                forward over more than 2^31 elements; VRWKV6's bi_wkv6 likewise (extreme decays, T = 4096,
+                more than 2^31 elements) against its float64 recurrence (see ``gpu_check_kernels``).
   model_check   VRWKV-T and VRWKV-S forward and backward on the GPU in fp32 against the float64 CPU
                 model with the same weights (logits and a few parameter gradients).
-  bench_ops     Bi-WKV forward and forward+backward against SDPA (flash, 6 heads of 64) at C = 384,
-                B = 8, bf16, T from 196 to 65536, with achieved GB/s and its share of the measured
-                device-to-device copy bandwidth; and the forward at B = 8, T = 16384, C = 768.
+  bench_ops     Bi-WKV and VRWKV6's bi_wkv6 forward and forward+backward against SDPA (flash, 6 heads of
+                64) at C = 384, B = 8, bf16, T from 196 to 65536, with achieved GB/s and its share of the
+                measured device-to-device copy bandwidth; and the forward at B = 8, T = 16384, C = 768.
   bench_models  VRWKV-T/S against timm ViT-T/S (SDPA attention) at 224, 512, 1024, 2048: images/s and
                 peak memory of inference (bf16 autocast) and of a training step (AdamW, bf16 autocast).
   bench_sam     RWKV-SAM image encoders tiny/small/base against segment-anything's ViT-B image
@@ -65,7 +66,7 @@ import vision_rwkv  # noqa: E402,F401  (registers the VRWKV models in timm)
 from benchmark import op_inputs  # noqa: E402
 from gpu_check_kernels import (Case, kernel_cases, reference_self_checks, rel_err, run_case,  # noqa: E402
                                second_device_cases)
-from vision_rwkv.kernels import bi_wkv  # noqa: E402
+from vision_rwkv.kernels import bi_wkv, bi_wkv6  # noqa: E402
 
 SECTIONS = ('kernels', 'model_check', 'bench_ops', 'bench_models', 'bench_sam', 'multi_device')
 FAMILIES = {'tiny': ('vit_tiny_patch16_224', 'vrwkv_tiny_patch16_224'),
@@ -272,7 +273,8 @@ class Report:
              ['model', 'quantity', 'rel_err', 'tol', 'status']),
             ('bench_ops', '(a) Bi-WKV vs SDPA',
              ['B', 'T', 'C', 'op', 'fwd_ms', 'fwd_bwd_ms', 'fwd_GBps', 'fwd_pct_copy', 'fwd_bwd_GBps',
-              'fwd_bwd_pct_copy', 'sdpa_fwd_ms', 'sdpa_fwd_bwd_ms', 'sdpa_over_biwkv_fwd_bwd', 'status']),
+              'fwd_bwd_pct_copy', 'v6_fwd_ms', 'v6_fwd_bwd_ms', 'v6_fwd_GBps', 'v6_fwd_bwd_GBps', 'sdpa_fwd_ms',
+              'sdpa_fwd_bwd_ms', 'sdpa_over_biwkv_fwd_bwd', 'sdpa_over_v6_fwd_bwd', 'status']),
             ('bench_models', '(b) VRWKV vs ViT',
              ['model', 'img_size', 'batch', 'mode', 'ms', 'images_per_s', 'peak_GiB', 'speed_vs_vit',
               'mem_vs_vit', 'status']),
@@ -480,6 +482,24 @@ def bench_bi_wkv(dev: Device, B: int, T: int, C: int, seconds: float, backward: 
     return out
 
 
+def bench_bi_wkv6(dev: Device, B: int, T: int, C: int, seconds: float) -> Dict:
+    """bi_wkv6 forward and forward+backward (Triton): bf16 r, k, v, u, float32 w in the models' range."""
+    r, k, v = (torch.randn(B, T, C, device=dev.device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    w = (torch.rand(B, T, C, device=dev.device) * 7 - 7).requires_grad_()
+    u = torch.randn(C // 64, 64, device=dev.device, dtype=torch.bfloat16, requires_grad=True)
+    inputs = (r, k, v, w, u)
+    gy = torch.randn_like(r)
+
+    def fwd():
+        with torch.no_grad():
+            bi_wkv6(*inputs, backend='triton')
+
+    def fwd_bwd():
+        torch.autograd.grad(bi_wkv6(*inputs, backend='triton'), inputs, gy)
+
+    return dict(v6_fwd_ms=measure_ms(fwd, dev, seconds), v6_fwd_bwd_ms=measure_ms(fwd_bwd, dev, seconds))
+
+
 def sdpa_context(dev: Device):
     """The flash backend on CUDA; SDPA's default choice on CPU (smoke runs)."""
     if not dev.cuda:
@@ -523,6 +543,14 @@ def add_bandwidth(row: Dict, copy_gbps: float) -> None:
             row[f'{key}_pct_copy'] = 100 * row[f'{key}_GBps'] / copy_gbps
     if row.get('fwd_bwd_ms') and row.get('sdpa_fwd_bwd_ms'):
         row['sdpa_over_biwkv_fwd_bwd'] = row['sdpa_fwd_bwd_ms'] / row['fwd_bwd_ms']
+    # bi_wkv6 (bf16 r, k, v, float32 w: 2 units of 2 bytes): forward reads r, k, v, w, writes y (6 units);
+    # the backward also reads them and gy and writes gr, gk, gv, gw (11 more)
+    for key, factor in (('fwd', 6), ('fwd_bwd', 17)):
+        ms = row.get(f'v6_{key}_ms')
+        if ms:
+            row[f'v6_{key}_GBps'] = factor * n / (ms * 1e-3) / 1e9
+    if row.get('v6_fwd_bwd_ms') and row.get('sdpa_fwd_bwd_ms'):
+        row['sdpa_over_v6_fwd_bwd'] = row['sdpa_fwd_bwd_ms'] / row['v6_fwd_bwd_ms']
 
 
 def section_bench_ops(ctx: Context) -> None:
@@ -533,6 +561,8 @@ def section_bench_ops(ctx: Context) -> None:
     report.note('bench_ops', 'GB/s = bytes Bi-WKV must move / time: fwd 3·B·T·C·2 (read k, v; write y, bf16), '
                              'fwd+bwd 8·B·T·C·2 (plus read k, v, gy; write gk, gv); '
                              'pct_copy = share of the copy GB/s')
+    report.note('bench_ops', 'v6_*: VRWKV6\'s bi_wkv6 (bf16 r, k, v, u, float32 w; C rounded up to heads of 64); '
+                             'GB/s = fwd 6·B·T·C·2 (read r, k, v, w; write y), fwd+bwd 17·B·T·C·2')
     report.note('bench_ops', f"SDPA: {p['heads']} heads of {p['C'] // p['heads']}, "
                              f"{'flash backend' if dev.cuda else 'default backend (CPU)'}; bf16; ms per call")
     report.data['bench_ops']['copy_GBps'] = copy_gbps
@@ -546,15 +576,18 @@ def section_bench_ops(ctx: Context) -> None:
         t0 = time.monotonic()
         row = dict(B=B, T=T, C=C, op='bi_wkv raster / sdpa')
         ours = guarded(ctx, 'bench_ops', f'Bi-WKV T={T}', lambda: bench_bi_wkv(dev, B, T, C, p['seconds']))
+        v6 = guarded(ctx, 'bench_ops', f'bi_wkv6 T={T}',
+                     lambda: bench_bi_wkv6(dev, B, T, -(-C // 64) * 64, p['seconds']))
         sdpa = guarded(ctx, 'bench_ops', f'SDPA T={T}', lambda: bench_sdpa(dev, B, T, C, p['heads'], p['seconds']))
-        row.update(ours, **sdpa)
-        row['status'] = ('ok' if ours['status'] == sdpa['status'] == 'ok'
-                         else f"bi_wkv {ours['status']}, sdpa {sdpa['status']}")
+        row.update(ours, **{key: value for key, value in v6.items() if key != 'status'}, **sdpa)
+        row['status'] = ('ok' if ours['status'] == v6['status'] == sdpa['status'] == 'ok'
+                         else f"bi_wkv {ours['status']}, bi_wkv6 {v6['status']}, sdpa {sdpa['status']}")
         add_bandwidth(row, copy_gbps)
         dev.release()
         last = (time.monotonic() - t0, T)
         report.rows('bench_ops').append(row)
         print(f"[bench_ops] T={T}: Bi-WKV fwd {fmt(row.get('fwd_ms'))} ms, fwd+bwd {fmt(row.get('fwd_bwd_ms'))} ms; "
+              f"bi_wkv6 {fmt(row.get('v6_fwd_ms'))} / {fmt(row.get('v6_fwd_bwd_ms'))} ms; "
               f"SDPA {fmt(row.get('sdpa_fwd_ms'))} / {fmt(row.get('sdpa_fwd_bwd_ms'))} ms", flush=True)
         report.save()
     T = p['official_T']

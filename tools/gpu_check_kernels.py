@@ -1,15 +1,17 @@
 """Kernel checks of ``tools/gpu_check.py``: every Triton Bi-WKV kernel against the float64 references.
 
 A ``Case`` is one call of ``bi_wkv(..., backend='triton', grid=(H, W), order=op)`` (op 'row', 'col',
-'cross') or ``bi_wkv_2d(..., backend='triton')`` (op '2d'): the forward, and the backward when
-``backward``. ``run_case`` returns one result row per checked quantity (y, then the gradients of w,
-u, k, v), each with its norm-wise relative error against the float64 reference of
-``vision_rwkv.kernels`` (gradients: float64 autograd of that reference) and its tolerance.
+'cross'), ``bi_wkv_2d(..., backend='triton')`` (op '2d') or VRWKV6's ``bi_wkv6(..., backend='triton')``
+(op 'wkv6', T tokens as a 1 x T grid): the forward, and the backward when ``backward``. ``run_case``
+returns one result row per checked quantity (y, then the gradients of w, u, k, v; for wkv6 of r, k, v,
+w, u), each with its norm-wise relative error against the float64 reference of ``vision_rwkv.kernels``
+(gradients: float64 autograd of that reference) and its tolerance.
 
 Long sequences compare a subset of output rows (``rows``; the reference costs B·R·T·C instead of
 B·T²·C); their gradients use an upstream gradient that is zero outside those rows, so the kernels'
 full gradients are still exact to compare. The largest case also restricts the reference to a few
-channels (``channels``), which Bi-WKV treats independently.
+channels (``channels``), which Bi-WKV treats independently; wkv6's largest to a few batch elements
+(``batches``: the first and the last, whose offsets pass 2^31), as its heads mix channels.
 """
 import math
 from dataclasses import dataclass
@@ -17,11 +19,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from vision_rwkv.kernels import bi_wkv, bi_wkv_2d, bi_wkv_2d_reference, bi_wkv_reference, bi_wkv_scan_reference
+from vision_rwkv.kernels import (bi_wkv, bi_wkv6, bi_wkv6_reference, bi_wkv_2d, bi_wkv_2d_reference, bi_wkv_reference,
+                                 bi_wkv_scan_reference)
 from vision_rwkv.kernels.reference import bi_wkv_official_reference
 
 OPS = ('row', 'col', 'cross', '2d')
 GRAD_NAMES = ('gw', 'gu', 'gk', 'gv')
+WKV6_GRAD_NAMES = ('gr', 'gk', 'gv', 'gw', 'gu')
 SHORT_DTYPE = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 FP32_EPS = torch.finfo(torch.float32).eps  # 2^-23
 
@@ -40,6 +44,8 @@ class Case:
     layout: str = 'contiguous'  # 'transposed': k, v views of (T, B, C) memory; 'strided': every other channel
     device: str = ''  # '' the main device; e.g. 'cuda:1'
     note: str = ''
+    extreme: bool = False  # wkv6: decays from 1 - 5e-5 to e^-110 per token instead of the models' range
+    batches: int = 0  # wkv6: 0 all batch elements in the reference; n > 0: the first and last n / 2
 
     @property
     def T(self) -> int:
@@ -53,6 +59,10 @@ class Case:
             parts.append(self.layout)
         if self.rows:
             parts.append(f'{self.rows} rows' + (f' x {self.channels} ch' if self.channels else ''))
+        if self.batches:
+            parts.append(f'{self.batches} batch elements')
+        if self.extreme:
+            parts.append('extreme decays')
         if self.device:
             parts.append(self.device)
         if self.note:
@@ -63,6 +73,10 @@ class Case:
         """Rough peak device memory of the case: kernel tensors plus the float64 reference."""
         elt = torch.finfo(self.dtype).bits // 8
         n = self.B * self.T * self.C
+        if self.op == 'wkv6':  # r, k, v, y, fp32 w; fp32 chunk states, deltas and scores (16 + 4 bytes per element)
+            kernel = n * (4 * elt + 4 + 20) * (2 if self.backward else 1)
+            batches = self.batches or self.B  # the recurrence's autograd keeps a (64, 64) state per head and step
+            return kernel + batches * self.T * self.C * 8 * (1 + (2 * 64 if self.backward else 0))
         kernel = n * (3 * elt + 8)  # k, v, y in the input dtype; y and log_den in fp32
         if self.backward:
             kernel += n * (3 * elt + 8)  # gy, gk, gv in the input dtype; gk, gv in fp32
@@ -117,6 +131,17 @@ def make_inputs(case: Case, device: torch.device) -> List[torch.Tensor]:
     k = _in_layout(case, device, scale=2.)
     v = _in_layout(case, device, scale=1.)
     return [t.detach().requires_grad_(case.backward) for t in (w, u, k, v)]
+
+
+def make_wkv6_inputs(case: Case, device: torch.device) -> List[torch.Tensor]:
+    """Leaves (r, k, v, w, u): r, k, v (B, T, C) standard normal in the case's dtype and layout; w (B, T, C)
+    float32 uniform in [-7, 0] (the models' time_decay runs from -6 to -1, plus a data-dependent term), or
+    with ``extreme`` in [-10, 4.7] (decays from 1 - 5e-5 to e^-110 per token); u (C / 64, 64) in the dtype."""
+    lo, hi = (-10., 4.7) if case.extreme else (-7., 0.)
+    w = torch.rand(case.B, case.T, case.C, device=device) * (hi - lo) + lo
+    u = torch.randn(case.C // 64, 64, device=device, dtype=case.dtype)
+    r, k, v = (_in_layout(case, device, scale=1.) for _ in range(3))
+    return [t.detach().requires_grad_(case.backward) for t in (r, k, v, w, u)]
 
 
 def _in_layout(case: Case, device: torch.device, scale: float) -> torch.Tensor:
@@ -216,8 +241,40 @@ def _row(case: Case, quantity: str, err: float, tol: float, ref: str) -> Dict:
                 rel_err=err, tol=tol, status='PASS' if err <= tol else 'FAIL')
 
 
+def run_wkv6_case(case: Case, device: torch.device) -> List[Dict]:
+    """``run_case`` for op 'wkv6': against ``bi_wkv6_reference`` in float64 on the device, all tokens (of the
+    first and last batch elements only when ``batches``)."""
+    leaves = make_wkv6_inputs(case, device)
+    with torch.set_grad_enabled(case.backward):
+        y = bi_wkv6(*leaves, backend='triton')
+    if y.dtype != case.dtype or tuple(y.shape) != (case.B, case.T, case.C):
+        raise AssertionError(f'output {y.dtype} {tuple(y.shape)}, expected {case.dtype} {(case.B, case.T, case.C)}')
+    if case.batches:
+        half = case.batches // 2
+        keep = torch.tensor(list(range(half)) + list(range(case.B - (case.batches - half), case.B)), device=device)
+        ref_inputs = [t.detach()[keep] if t.dim() == 3 else t.detach() for t in leaves]
+        y_sel = y.detach()[keep]
+    else:
+        ref_inputs, y_sel = [t.detach() for t in leaves], y.detach()
+    ref_leaves = [t.double().requires_grad_(case.backward) for t in ref_inputs]
+    with torch.set_grad_enabled(case.backward):
+        y_ref = bi_wkv6_reference(*ref_leaves)
+    ref_name = 'full' if not case.batches else f'{case.batches} batch elements'
+    results = [_row(case, 'y', rel_err(y_sel, y_ref), tolerance(case.dtype, case.T, False), ref_name)]
+    if case.backward:
+        gy = torch.randn_like(y)
+        grads = torch.autograd.grad(y, leaves, gy)
+        grads_ref = torch.autograd.grad(y_ref, ref_leaves, gy.double(), allow_unused=True)
+        for name, g, g_ref, leaf in zip(WKV6_GRAD_NAMES, grads, grads_ref, ref_leaves):
+            g_ref = torch.zeros_like(leaf) if g_ref is None else g_ref  # w at T = 1
+            results.append(_row(case, name, rel_err(g, g_ref), tolerance(g.dtype, case.T, True), ref_name))
+    return results
+
+
 def run_case(case: Case, device: torch.device) -> List[Dict]:
     """Run one case on ``device``; one result row per checked quantity (see the module docstring)."""
+    if case.op == 'wkv6':
+        return run_wkv6_case(case, device)
     leaves = make_inputs(case, device)
     with torch.set_grad_enabled(case.backward):
         y = run_op(case, *leaves)
@@ -311,6 +368,21 @@ SIZES = {
 }
 
 
+def wkv6_cases(mode: str) -> Tuple[List[Case], List[Case]]:
+    """VRWKV6's operator, (early cases, late cases): fp32, bf16, fp16 at a main shape (two heads, T not a
+    multiple of the chunk), extreme decays, one token; in full mode also non-contiguous inputs and T = 4096
+    at VRWKV-S's width; late: a forward over more than 2^31 elements (C = 1024: sixteen heads)."""
+    if mode == 'smoke':
+        return [Case('wkv6', FP32, 1, (1, 5), 64), Case('wkv6', FP16, 1, (1, 5), 64, extreme=True)], []
+    main = [Case('wkv6', dtype, 2, (1, 300), 128) for dtype in (FP32, BF16, FP16)]
+    extra = [Case('wkv6', FP32, 1, (1, 1000), 64, extreme=True), Case('wkv6', FP32, 3, (1, 1), 64)]
+    if mode == 'quick':
+        return main[:2] + extra, []
+    return (main + extra + [Case('wkv6', BF16, 2, (1, 300), 128, layout='transposed'),
+                            Case('wkv6', BF16, 1, (1, 4096), 384)],
+            [Case('wkv6', BF16, 513, (1, 4096), 1024, backward=False, batches=2)])
+
+
 def kernel_cases(mode: str) -> List[Case]:
     """The checks of a mode, most important first (a time budget skips from the end; Triton compiles
     each new dtype and shape class, about a second per kernel, so the cheap-to-run edge cases, which
@@ -336,8 +408,10 @@ def kernel_cases(mode: str) -> List[Case]:
     official = [Case('official', FP32, B, grid, C), Case('official', BF16, B, grid, C)]
     if mode != 'smoke':
         official.append(Case('official', FP32, 1, (32, 64), C))
+    wkv6_early, wkv6_late = wkv6_cases(mode)
     return ([Case(op, FP32, B, grid, C) for op in OPS]
             + official
+            + wkv6_early
             + [Case(op, dtype, B, grid, C) for dtype, op in s.half]
             + layouts[:s.layouts]
             + huge[:1]
@@ -345,11 +419,12 @@ def kernel_cases(mode: str) -> List[Case]:
             + [Case(op, dtype, lb, lgrid, lc, backward=False, rows=s.rows) for dtype, op in s.long_fwd_ops]
             + [Case(op, dtype, gb, ggrid, gc, rows=s.rows) for dtype, op in s.long_grad_ops]
             + edges[:s.edges]
-            + huge[1:])
+            + huge[1:]
+            + wkv6_late)
 
 
 def second_device_cases(mode: str, device: str) -> List[Case]:
     """Small cases on another device (the wrappers must launch on the tensors' device)."""
     B, grid, C = SIZES[mode].main
     return [Case('row', FP32, B, grid, C, device=device), Case('cross', BF16, B, grid, C, device=device),
-            Case('2d', FP32, B, grid, C, device=device)]
+            Case('2d', FP32, B, grid, C, device=device), Case('wkv6', BF16, B, (1, 70), 128, device=device)]

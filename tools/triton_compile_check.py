@@ -31,7 +31,8 @@ _DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 def recorded_launches():
     """Every kernel launch the Bi-WKV host functions make at (B, H·W, C) on meta tensors (nothing runs):
     (kernel, positional args, keyword args). Raster and cross order, training and inference forward,
-    backward; 1D and 2D; the official formula's segment kernels."""
+    backward; 1D and 2D; the official formula's segment kernels; VRWKV6's bidirectional RWKV-6 WKV (bf16
+    r, k, v, u and gradient, float32 w as the official model passes it), forward and backward."""
     from triton.runtime.jit import JITFunction
 
     from vision_rwkv.kernels.bi_wkv_2d_triton import bi_wkv_2d_triton_backward, bi_wkv_2d_triton_forward
@@ -39,6 +40,7 @@ def recorded_launches():
     from vision_rwkv.kernels.bi_wkv_official_triton import (official_local_triton_backward,
                                                             official_local_triton_forward)
     from vision_rwkv.kernels.bi_wkv_triton import bi_wkv_triton_backward, bi_wkv_triton_forward
+    from vision_rwkv.kernels.wkv6_triton import wkv6_triton_backward, wkv6_triton_forward
 
     T = H * W
     w, u = (torch.empty(C, device='meta') for _ in range(2))
@@ -60,6 +62,10 @@ def recorded_launches():
         bi_wkv_2d_triton_backward(w, u, k, v, y, log_den, gy, (H, W))
         official_local_triton_forward(w, k, v, y, log_den, segment_length(T))
         official_local_triton_backward(w, k, v, y, log_den, gy, y, y, segment_length(T))
+        w6 = torch.empty(B, T, C, device='meta')
+        u6 = torch.empty(C // 64, 64, device='meta', dtype=torch.bfloat16)
+        wkv6_triton_forward(k, k, v, w6, u6)
+        wkv6_triton_backward(k, k, v, w6, u6, gy)
     finally:
         JITFunction.__getitem__ = original
     return launches
