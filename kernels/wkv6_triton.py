@@ -119,10 +119,10 @@ def _state_offsets(N: tl.constexpr):
 def _summary_kernel(
         x_ptr, z_ptr, w_ptr, delta_ptr, total_ptr,
         T, H, C, n_chunks, BH,
-        L: tl.constexpr, N: tl.constexpr, DIRECTIONS: tl.constexpr,
+        L: tl.constexpr, N: tl.constexpr,
 ):
     """delta[d, bh, c] = (x * decay to the chunk's end (d = 0) or from its start (d = 1))^T z, (N, N);
-    total[bh, c] = exp(sum of the chunk's lw). Grid (n_chunks, B * H, DIRECTIONS)."""
+    total[bh, c] = exp(sum of the chunk's lw). Grid (n_chunks, B * H, 2)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     d = tl.program_id(2)
@@ -132,8 +132,8 @@ def _summary_kernel(
     offs, mask = _rows(t, T, row0, head, C, N)
     x = _load(x_ptr, offs, mask)
     z = _load(z_ptr, offs, mask)
-    to_start, to_end = _boundary_logs(w_ptr, t, c * L, c * L + L - 1, T, row0, head, C, N)
-    scaled = x * tl.exp(tl.where(d == 0, to_end, to_start))
+    from_start, to_end = _boundary_logs(w_ptr, t, c * L, c * L + L - 1, T, row0, head, C, N)
+    scaled = x * tl.exp(tl.where(d == 0, to_end, from_start))
     delta = tl.dot(tl.trans(scaled), z, input_precision=WIDE)
     base = ((d * BH + bh).to(tl.int64) * n_chunks + c) * N * N
     tl.store(delta_ptr + base + _state_offsets(N), delta)
@@ -163,7 +163,7 @@ def _scan_kernel(
     base = (d * BH + bh).to(tl.int64) * n_chunks * N * N
     reverse = d % 2 == 1
     h = tl.zeros([BLOCK], dtype=tl.float32)
-    tl.store(states_ptr + base + tl.where(reverse, n_chunks - 1, 0).to(tl.int64) * N * N + e, h)
+    tl.store(states_ptr + base + tl.where(reverse, n_chunks - 1, 0).to(tl.int64) * N * N + e, h, mask=e < N * N)
     for c0 in range(0, n_chunks, CB):
         pos = c0 + tl.arange(0, CB)  # positions in scan order
         valid = pos < n_chunks
@@ -181,7 +181,7 @@ def _scan_kernel(
         h = tl.sum(tl.where(tl.arange(0, CB)[:, None] == last, acc, 0.), 0)
 
 
-# ---- 3. finish ------------------------------------------------------------------------------------
+# ---- 3. score matrices, 4. outputs --------------------------------------------------------------------
 @triton.jit
 def _pair_scores(r, k, u, w_ptr, r_ptr, k_ptr, base, t0, T, C,
                  SUB: tl.constexpr, N: tl.constexpr):
@@ -579,7 +579,7 @@ class _Plan:
         total = torch.empty(self.BH, self.n_chunks, HEAD_SIZE, device=w.device, dtype=torch.float32)
         for p, (x, z) in enumerate(pairs):
             _summary_kernel[(self.n_chunks, self.BH, 2)](
-                x, z, w, deltas[2 * p:], total, *self.layout, L=self.L, N=HEAD_SIZE, DIRECTIONS=2, num_warps=8)
+                x, z, w, deltas[2 * p:], total, *self.layout, L=self.L, N=HEAD_SIZE, num_warps=8)
         states = torch.empty_like(deltas)
         block = state_block()
         _scan_kernel[(self.BH, deltas.shape[0], HEAD_SIZE * HEAD_SIZE // block)](
