@@ -22,10 +22,10 @@ from vision_rwkv.layers.spatial_mix_v6 import HEAD_SIZE
 
 from .vrwkv import VRWKV, BlockBase, _cfg, _create_vrwkv, checkpoint_filter_fn
 
-__all__ = ['BlockV6', 'checkpoint_filter_fn']
+__all__ = ['BlockV6', 'check_v6_options', 'checkpoint_filter_fn']
 
 
-def _check_v6_options(dim: int, num_heads: Optional[int], shift_pixel: int, channel_gamma: float, init_mode: str,
+def check_v6_options(dim: int, num_heads: Optional[int], shift_pixel: int, channel_gamma: float, init_mode: str,
                       wkv_mode: str, wkv_formula: Optional[str]) -> int:
     """Clear errors for the VRWKV options that VRWKV6 does not have; returns the number of heads."""
     if wkv_mode != 'raster':
@@ -78,7 +78,7 @@ class BlockV6(BlockBase):
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
-        heads = _check_v6_options(dim, num_heads, shift_pixel, channel_gamma, init_mode, wkv_mode, wkv_formula)
+        heads = check_v6_options(dim, num_heads, shift_pixel, channel_gamma, init_mode, wkv_mode, wkv_formula)
         dd = dict(device=device, dtype=dtype)
         att = SpatialMixV6(dim, heads, layer_id, num_layers, shift_pixel, key_norm, **dd)
         ffn = ChannelMix(dim, layer_id, num_layers, hidden_rate, shift_pixel, channel_gamma, init_mode, key_norm,

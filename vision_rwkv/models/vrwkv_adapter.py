@@ -1,13 +1,15 @@
 """VRWKV with the ViT-Adapter: a 4-level feature pyramid for dense prediction (official ADE20K backbone).
 
-The backbone blocks run in ``len(interaction_indexes)`` groups; before each group an injector adds
-the convolutional spatial prior into the tokens, after it extractors pull the tokens back into the
-prior. The outputs are the prior levels at strides 4, 8, 16 and 32, each plus the (resized) tokens
-after the matching group, batch-normalised: four (B, D, H/s, W/s) maps for UperNet.
+The backbone blocks (VRWKV's, or VRWKV6's with ``block_fn=BlockV6``) run in ``len(interaction_indexes)``
+groups; before each group an injector adds the convolutional spatial prior into the tokens, after it
+extractors pull the tokens back into the prior. The outputs are the prior levels at strides 4, 8, 16 and
+32, each plus the (resized) tokens after the matching group, batch-normalised: four (B, D, H/s, W/s) maps
+for UperNet.
 
 Parameter names follow the official ``VRWKV_Adapter``, so official segmentation checkpoints load
 as they are, and classification checkpoints (official or ours) initialise the backbone part.
 """
+import itertools
 import logging
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -21,12 +23,14 @@ from vision_rwkv.layers.adapter import InteractionBlock, SpatialPriorModule, def
 from vision_rwkv.layers.ms_deform_attn import MSDeformAttn
 
 from ..checkpoint import load_checkpoint_file, strip_prefixes, unwrap_state_dict
-from .vrwkv import _STRIP_PREFIXES, VRWKV, official_formula_id, resample_square_pos_embed
+from .vrwkv import _STRIP_PREFIXES, _VERSION_MARKERS, VRWKV, official_formula_id, resample_square_pos_embed
 
 __all__ = ['VRWKVAdapter', 'backbone_checkpoint_filter', 'load_backbone_checkpoint']
 
 _logger = logging.getLogger(__name__)
 
+# The mmseg backbones of each Vision-RWKV version (vision_rwkv.mmseg), for error messages.
+_MMSEG_TYPES = {'VRWKV (v1)': "'VRWKV' / 'VRWKV_Adapter'", 'VRWKV6': "'VRWKV6' / 'VRWKV6_Adapter'"}
 # Keys of classifiers and decode heads, not of a dense-prediction backbone.
 _DROPPED_PREFIXES = ('decode_head.', 'auxiliary_head.', 'neck.', 'data_preprocessor.', 'head.', 'pre_logits.')
 
@@ -51,7 +55,8 @@ class VRWKVAdapter(VRWKV):
         device: device of the parameters (e.g. 'meta' to build without allocating).
         dtype: dtype of the floating-point parameters.
         **kwargs: ``VRWKV`` arguments (``img_size`` sets the position-embedding grid; inputs of
-            other sizes resample it, as the official backbone does).
+            other sizes resample it, as the official backbone does; ``block_fn=BlockV6`` and ``num_heads``
+            give the VRWKV6 adapter).
     """
 
     def __init__(
@@ -168,9 +173,10 @@ def backbone_checkpoint_filter(checkpoint: Dict[str, Any], model: VRWKV) -> Dict
 
     Accepts official classification checkpoints (mmcls ``state_dict`` / InternImage-style ``model``),
     official segmentation checkpoints (``backbone.*`` of ``VRWKV_Adapter``; heads dropped), timm-format
-    state dicts of our ``VRWKV`` models and checkpoints written by ``tools/train.py``. The position
-    embedding is resampled to the model's ``img_size`` grid. Checkpoints that record no Bi-WKV formula
-    (official ones) get the official formula's extra state, as in ``checkpoint_filter_fn``.
+    state dicts of our ``VRWKV`` / VRWKV6 models and checkpoints written by ``tools/train.py``. The position
+    embedding is resampled to the model's ``img_size`` grid. For a VRWKV (v1) model, checkpoints that record no
+    Bi-WKV formula (official ones) get the official formula's extra state, as in ``checkpoint_filter_fn``
+    (VRWKV6 models have no formula to record).
     """
     own = model.state_dict()
     out = {}
@@ -183,16 +189,30 @@ def backbone_checkpoint_filter(checkpoint: Dict[str, Any], model: VRWKV) -> Dict
         if key == 'pos_embed' and key in own and value.shape != own[key].shape:
             value = resample_square_pos_embed(value, model)
         out[key] = value
-    if out:
+    if out and 'wkv_formula_id' in own:
         out.setdefault('wkv_formula_id', official_formula_id())
     return out
+
+
+def _other_version(state: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor]) -> Optional[Tuple[str, str]]:
+    """(checkpoint's version, model's version) when the checkpoint's blocks are VRWKV (v1) and the model's VRWKV6,
+    or the reverse (each version's Spatial Mix has a key the other lacks); None otherwise."""
+    def has(keys, marker: str) -> bool:
+        return any(k.endswith(marker) for k in keys)
+
+    versions = [(name, marker) for name, _, marker in _VERSION_MARKERS]
+    for (theirs, their_marker), (ours, our_marker) in itertools.permutations(versions, 2):
+        if has(state, their_marker) and not has(own, their_marker) and has(own, our_marker):
+            return theirs, ours
+    return None
 
 
 def load_backbone_checkpoint(model: VRWKV, path: str, map_location: Optional[str] = 'cpu') -> Dict[str, list]:
     """Load a checkpoint file (``weights_only=True``) into ``model``; return the missing and unexpected keys.
 
     Missing adapter keys are normal for classification checkpoints. Raises ``ValueError`` when the file
-    holds no key of the backbone at all, or a tensor whose shape does not match (another model size), and
+    holds no key of the backbone at all, the blocks of the other Vision-RWKV version (VRWKV (v1) weights for a
+    VRWKV6 model or the reverse), or a tensor whose shape does not match (another model size), and
     ``RuntimeError`` (naming the file) when it holds other Python objects or is truncated.
     """
     checkpoint = load_checkpoint_file(path, map_location=map_location)
@@ -201,6 +221,10 @@ def load_backbone_checkpoint(model: VRWKV, path: str, map_location: Optional[str
     if not any(k in own for k in state if k != 'wkv_formula_id'):
         raise ValueError(f'{path}: no Vision-RWKV backbone weights found (keys look like '
                          f'{list(state)[:3]}); is this a Vision-RWKV checkpoint?')
+    versions = _other_version(state, own)
+    if versions:
+        raise ValueError(f'{path}: its blocks are {versions[0]} blocks, this backbone has {versions[1]} blocks '
+                         f'(mmseg: {_MMSEG_TYPES[versions[0]]} backbones take this checkpoint)')
     mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
     if mismatched:

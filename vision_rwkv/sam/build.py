@@ -23,13 +23,14 @@ def build_rwkv_sam(variant: str = 'small', checkpoint: Optional[str] = None, img
     """An RWKV-SAM in eval mode.
 
     Args:
-        variant: 'tiny', 'small' or 'base' (see ``ENCODER_CONFIGS``).
+        variant: 'tiny', 'small' or 'base' (see ``ENCODER_CONFIGS``), or 'tiny_v6', 'small_v6', 'base_v6': the
+            same encoders with VRWKV6 blocks in the token stage.
         checkpoint: weights file (``weights_only=True``): a state dict, or a ``tools/train.py``
             checkpoint.
         img_size: input side (multiple of 16); the embedding is img_size / 16 square and the
             low-resolution masks are 4× that (256² at the default 1024).
-        wkv_mode: Bi-WKV scan of the RWKV blocks ('raster', 'cross' or '2d').
-        **encoder_kwargs: overrides of the variant's encoder arguments (e.g. ``depth``).
+        wkv_mode: Bi-WKV scan of the RWKV blocks ('raster', 'cross' or '2d'; VRWKV6 blocks: 'raster').
+        **encoder_kwargs: overrides of the variant's encoder arguments (e.g. ``depth``, ``block``).
     """
     if variant not in ENCODER_CONFIGS:
         raise ValueError(f'unknown RWKV-SAM variant {variant!r}; known: {sorted(ENCODER_CONFIGS)}')
@@ -78,4 +79,8 @@ rwkv_sam_model_registry = {
     'tiny': partial(build_rwkv_sam, 'tiny'),
     'small': partial(build_rwkv_sam, 'small'),
     'base': partial(build_rwkv_sam, 'base'),
+    # the same architectures with VRWKV6 blocks in the encoder's token stage
+    'tiny_v6': partial(build_rwkv_sam, 'tiny_v6'),
+    'small_v6': partial(build_rwkv_sam, 'small_v6'),
+    'base_v6': partial(build_rwkv_sam, 'base_v6'),
 }

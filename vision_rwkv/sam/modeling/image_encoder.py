@@ -4,8 +4,9 @@ Layout (strides relative to the input):
 - ``stem``: conv 3×3 stride 2, LayerNorm2d, GELU, conv 3×3 (stride 2 in all);
 - ``stage1`` / ``stage2``: MBConv blocks, the first of each with stride 2 (strides 4 and 8);
 - ``downsample``: LayerNorm2d + conv 3×3 stride 2 to the token width (stride 16);
-- ``blocks``: VRWKV blocks (``vision_rwkv.models.vrwkv.Block``) on the H/16 × W/16 tokens, no
-  absolute position embedding, then the LayerNorm ``norm``;
+- ``blocks``: VRWKV blocks (``vision_rwkv.models.vrwkv.Block``, as the paper) or VRWKV6 blocks
+  (``vision_rwkv.models.vrwkv6.BlockV6``: ``block='v6'``, the ``*_v6`` variants) on the H/16 × W/16 tokens,
+  no absolute position embedding, then the LayerNorm ``norm``;
 - ``neck``: segment-anything's neck (1×1 conv, LayerNorm2d, 3×3 conv, LayerNorm2d) to 256 channels.
 
 The encoder returns the stride-16 embedding together with the stride-4 and stride-8 maps, which the
@@ -23,18 +24,27 @@ from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, trunc_normal_
 
 from vision_rwkv.models.vrwkv import Block
+from vision_rwkv.models.vrwkv6 import BlockV6
 
 from .common import LayerNorm2d
 
-__all__ = ['ENCODER_CONFIGS', 'ImageFeatures', 'MBConv', 'RWKVSamImageEncoder', 'build_image_encoder']
+__all__ = ['BLOCKS', 'ENCODER_CONFIGS', 'ImageFeatures', 'MBConv', 'RWKVSamImageEncoder', 'build_image_encoder']
 
 PATCH_STRIDE = 16
 
+#: Token-stage blocks: VRWKV (v1, the paper's) and VRWKV6 (heads of 64 channels, dim / 64 heads).
+BLOCKS = {'v1': Block, 'v6': BlockV6}
+
 # Architectures of the paper; the MLP rate (2), layer scale (1e-2) and neck width (256) are shared.
-ENCODER_CONFIGS: Dict[str, Dict[str, Any]] = {
+_PAPER_CONFIGS: Dict[str, Dict[str, Any]] = {
     'tiny': dict(stem_width=32, widths=(32, 64), depths=(2, 4), dim=192, depth=14),
     'small': dict(stem_width=64, widths=(64, 128), depths=(2, 4), dim=384, depth=14),
     'base': dict(stem_width=128, widths=(128, 256), depths=(2, 4), dim=768, depth=14),
+}
+# The paper's variants, and the same architectures with VRWKV6 blocks in the token stage ('tiny_v6', ...).
+ENCODER_CONFIGS: Dict[str, Dict[str, Any]] = {
+    **_PAPER_CONFIGS,
+    **{f'{name}_v6': dict(arch, block='v6') for name, arch in _PAPER_CONFIGS.items()},
 }
 
 
@@ -142,7 +152,9 @@ class RWKVSamImageEncoder(nn.Module):
         depth: number of VRWKV blocks.
         mlp_ratio: Channel Mix hidden width as a multiple of ``dim``.
         out_chans: neck output channels.
-        wkv_mode: 'raster', 'cross' or '2d' (see ``vision_rwkv.layers.SpatialMix``).
+        wkv_mode: 'raster', 'cross' or '2d' (see ``vision_rwkv.layers.SpatialMix``); VRWKV6 blocks scan in
+            'raster' order only.
+        block: 'v1' (VRWKV blocks, the paper's) or 'v6' (VRWKV6 blocks: ``dim`` / 64 heads of 64 channels).
         drop_path_rate: stochastic depth, rising linearly from 0 over the MBConv and VRWKV blocks
             together.
         layer_scale_init: initial value of the VRWKV layer scales.
@@ -166,8 +178,11 @@ class RWKVSamImageEncoder(nn.Module):
             wkv_mode: str = 'raster',
             drop_path_rate: float = 0.,
             layer_scale_init: float = 1e-2,
+            block: str = 'v1',
     ):
         super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f'block must be one of {sorted(BLOCKS)} (VRWKV or VRWKV6 blocks), got {block!r}')
         if len(widths) != 2 or len(depths) != 2:
             raise ValueError(f'widths and depths need one entry per MBConv stage (2), got {widths} and {depths}')
         if min(depths) < 1:
@@ -187,8 +202,8 @@ class RWKVSamImageEncoder(nn.Module):
         self.stage2 = self._stage(widths[0], widths[1], depths[1], dpr[depths[0]:num_conv])
         self.downsample = Downsample(widths[1], dim)
         self.blocks = nn.ModuleList([
-            Block(dim, i, depth, hidden_rate=mlp_ratio, init_values=layer_scale_init,
-                  drop_path=dpr[num_conv + i], wkv_mode=wkv_mode)
+            BLOCKS[block](dim=dim, layer_id=i, num_layers=depth, hidden_rate=mlp_ratio, init_values=layer_scale_init,
+                          drop_path=dpr[num_conv + i], wkv_mode=wkv_mode)
             for i in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.neck = nn.Sequential(
@@ -265,7 +280,8 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def build_image_encoder(variant: str = 'small', **kwargs: Any) -> RWKVSamImageEncoder:
-    """``RWKVSamImageEncoder`` of an ``ENCODER_CONFIGS`` variant ('tiny', 'small', 'base'); kwargs override."""
+    """``RWKVSamImageEncoder`` of an ``ENCODER_CONFIGS`` variant ('tiny', 'small', 'base', or 'tiny_v6', 'small_v6',
+    'base_v6' with VRWKV6 blocks); kwargs override."""
     if variant not in ENCODER_CONFIGS:
         raise ValueError(f'unknown RWKV-SAM encoder variant {variant!r}; choose from {sorted(ENCODER_CONFIGS)}')
     return RWKVSamImageEncoder(**dict(ENCODER_CONFIGS[variant], **kwargs))
