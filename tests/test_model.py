@@ -65,23 +65,88 @@ def test_official_parameter_names():
                    'wkv_formula_id'}  # ours only: the Bi-WKV formula the weights were trained with
 
 
-def test_fancy_initialisation():
-    model = tiny_model()
-    C, n = 32, 3
-    att0, att2 = model.layers[0].att, model.layers[2].att
-    h = torch.arange(C) / (C - 1)
-    assert torch.allclose(att0.spatial_decay, -5 + 8 * h ** 0.7)
-    assert torch.allclose(att2.spatial_decay, -5 + 8 * h ** 2.0)
-    zigzag = torch.tensor([((i + 1) % 3 - 1) * 0.5 for i in range(C)])
-    assert torch.allclose(att0.spatial_first, math.log(0.3) + zigzag)
-    ramp = (torch.arange(C) / C).view(1, 1, C)
-    assert torch.allclose(att2.spatial_mix_k, ramp ** (1 - 2 / n))
-    assert torch.allclose(att2.spatial_mix_v, ramp ** (1 - 2 / n) + 0.3)
-    assert torch.allclose(model.layers[1].ffn.spatial_mix_r, ramp ** (1 - 1 / n))
+def official_backbone(**kwargs):
+    """The test-only port of the official backbone (tests/official_vrwkv.py) at the size of ``tiny_model``."""
+    from official_vrwkv import OfficialVRWKV
+    return OfficialVRWKV(img_size=SMALL['img_size'], patch_size=16, embed_dims=SMALL['embed_dim'],
+                         depth=SMALL['depth'], **kwargs)
+
+
+MIXING = ('spatial_decay', 'spatial_first', 'spatial_mix', 'gamma')  # the parameters with a formula init
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(init_mode='local'), dict(init_mode='global'),
+                                    dict(init_values=1e-5, post_norm=True, key_norm=True)],
+                         ids=['fancy', 'local', 'global', 'layer-scale'])
+def test_mixing_initialisation_equals_the_official_port(kwargs):
+    """Decay, bonus, shift mixes and layer scales equal those the official code computes (its loops in
+    Python floats, stored in float32): agreement to 4 float32 ulps of the largest value of each tensor."""
+    ours = tiny_model(**kwargs).state_dict()
+    official = official_backbone(**kwargs).state_dict()
+    names = [k for k in official if any(m in k for m in MIXING)]
+    assert len(names) == SMALL['depth'] * (7 + 2 * ('init_values' in kwargs))  # 5 att + 2 ffn (+ 2 gammas)
+    for name in names:
+        scale = float(official[name].abs().max())
+        torch.testing.assert_close(ours[name], official[name], rtol=0, atol=4 * torch.finfo().eps * scale,
+                                   msg=name)
+
+
+# Values of the official fancy init (C = 32 channels, 3 layers), computed by hand from the upstream formulas
+# (classification/mmcls_custom/models/backbones/vrwkv.py, layer l, channel i, r0 = l / 2, r1 = 1 - l / 3):
+#   spatial_decay[i] = -5 + 8 (i / 31)^(0.7 + 1.3 r0)     spatial_first[i] = ln 0.3 + 0.5 ((i + 1) % 3 - 1)
+#   att.spatial_mix_k[i] = (i / 32)^r1   att.spatial_mix_v[i] = (i / 32)^r1 + 0.3 r0
+#   att.spatial_mix_r[i] = (i / 32)^(r1 / 2)   ffn.spatial_mix_k[i] = ffn.spatial_mix_r[i] = (i / 32)^r1
+OFFICIAL_FANCY_VALUES = [
+    ('layers.0.att.spatial_decay', 10, -1.3764288),   # -5 + 8 (10/31)^0.7
+    ('layers.1.att.spatial_decay', 10, -3.2631924),   # -5 + 8 (10/31)^1.35
+    ('layers.2.att.spatial_decay', 31, 3.0),          # -5 + 8
+    ('layers.2.att.spatial_decay', 0, -5.0),
+    ('layers.1.att.spatial_first', 0, -1.2039728),    # ln 0.3
+    ('layers.1.att.spatial_first', 1, -0.7039728),    # ln 0.3 + 0.5
+    ('layers.1.att.spatial_first', 2, -1.7039728),    # ln 0.3 - 0.5
+    ('layers.2.att.spatial_mix_k', 8, 0.6299605),     # (1/4)^(1/3)
+    ('layers.2.att.spatial_mix_v', 8, 0.9299605),     # (1/4)^(1/3) + 0.3
+    ('layers.2.att.spatial_mix_r', 8, 0.7937005),     # (1/4)^(1/6)
+    ('layers.1.att.spatial_mix_v', 16, 0.7799605),    # (1/2)^(2/3) + 0.15
+    ('layers.0.att.spatial_mix_r', 16, 0.7071068),    # (1/2)^(1/2)
+    ('layers.0.att.spatial_mix_k', 0, 0.0),           # 0^1
+    ('layers.0.ffn.spatial_mix_k', 16, 0.5),          # (1/2)^1
+    ('layers.1.ffn.spatial_mix_r', 16, 0.6299605),    # (1/2)^(2/3)
+]
+
+
+def test_fancy_initialisation_official_values():
+    state = tiny_model().state_dict()
+    for name, index, value in OFFICIAL_FANCY_VALUES:
+        # the literals have 7 decimals: half a unit of the last one, plus float32 rounding of values up to 5
+        assert abs(float(state[name].flatten()[index]) - value) <= 5e-8 + 5 * torch.finfo().eps, (name, index)
+
+
+def test_initial_weight_distributions():
+    """The official classification configs initialise every Linear with mmcv's TruncNormal(std=0.02, bias 0)
+    and every LayerNorm with (1, 0); the patch projection keeps PyTorch's default (kaiming-uniform) and the
+    position embedding starts at zero. mmcv's (and timm's) truncation bounds are absolute (±2, i.e. ±100
+    std), so the weights are N(0, 0.02²) in distribution: Kolmogorov-Smirnov at significance 1e-6 (with
+    65k samples a truncation at ±2 std, or std 0.022, gives p < 1e-28; measured)."""
+    from scipy import stats
+    model = VRWKV(embed_dim=256, depth=2, img_size=32, num_classes=1000, init_values=1e-5, key_norm=True)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(linears) >= {'layers.1.att.key', 'layers.1.att.output', 'layers.1.ffn.value', 'head'}
+    for name, module in linears.items():
+        w = module.weight.detach().flatten().double().numpy()
+        assert stats.kstest(w, 'norm', args=(0.0, 0.02)).pvalue > 1e-6, name
+        assert module.bias is None or torch.count_nonzero(module.bias) == 0, name
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0), name
     assert torch.count_nonzero(model.pos_embed) == 0
-    big = VRWKV(embed_dim=256, depth=1, img_size=32)
-    std = big.layers[0].ffn.key.weight.std().item()
-    assert 0.015 < std < 0.022  # truncated normal, std 0.02 (truncation at +-2 shrinks it slightly)
+    assert torch.all(model.layers[1].gamma1 == 1e-5) and torch.all(model.layers[0].gamma2 == 1e-5)
+    # PyTorch's Conv2d default: weights and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = 3·16·16
+    conv = model.patch_embed.projection
+    bound = 1 / math.sqrt(3 * 16 * 16)
+    assert stats.kstest(conv.weight.detach().flatten().double().numpy(), 'uniform',
+                        args=(-bound, 2 * bound)).pvalue > 1e-6
+    assert conv.bias.abs().max() <= bound
 
 
 def test_q_shift_moves_each_group_from_its_neighbour():
