@@ -109,11 +109,13 @@ def test_vrwkv6_configs_build_and_step(path, tmp_path):
     assert blocks[0].att.num_heads == cfg.model.backbone.num_heads
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     watched = {n: p.detach().clone() for n, p in blocks[1].named_parameters()
-               if n in ('att.time_decay_w1', 'att.receptance.weight', 'att.time_faaaa', 'ffn.key.weight')}
+               if n in ('att.time_decay', 'att.receptance.weight', 'att.time_faaaa', 'ffn.key.weight')}
+    # (not time_decay_w1: behind base's 1e-5 layer scale and W2 ~ 1e-4 its gradient can fall below 1e-15, where
+    # AdamW's first step, lr * g / (|g| + 1e-8), is lost in float32 rounding of its ~5e-5 values: 1 run in ~9)
     log = model.train_step(random_batch(classes=cfg.model.decode_head.num_classes), optim)
     assert torch.isfinite(log['loss'])
     params = dict(blocks[1].named_parameters())
-    assert len(watched) == 4 and all(not torch.equal(v, params[n]) for n, v in watched.items())
+    assert len(watched) == 4 and [n for n, v in watched.items() if torch.equal(v, params[n])] == []
     model.eval()
     with torch.no_grad():
         out = model.test_step(random_batch(n=1, size=(64, 96)))
