@@ -16,7 +16,9 @@ of timm runs on the VRWKV models, under timm's own filters:
 
 Tests of timm's own named models (``test_reset_classifier_keeps_pool[resnet18]`` and such) are
 deselected, as are the tests that need the network (pretrained downloads) or TorchScript.
-``VRWKV_TIMM_MODELS`` (comma-separated names) narrows the models further; ``VRWKV_TEST_SEED`` seeds each test.
+``VRWKV_TIMM_MODELS`` (comma-separated names) narrows the models further; ``VRWKV_TEST_SEED`` seeds each test;
+``TIMEOUT`` (timm's variable for its per-test limits) also replaces the limits timm hard-codes (fx 120 s,
+pruning 240 s), which VRWKV-L exceeds on a shared 2-core CPU.
 """
 import fnmatch
 import inspect
@@ -99,3 +101,6 @@ def pytest_collection_modifyitems(config, items):
     deselected = [item for item in items if not _runs_here(item)]
     items[:] = [item for item in items if _runs_here(item)]
     config.hook.pytest_deselected(items=deselected)
+    if os.environ.get('TIMEOUT'):  # also for the tests whose limit timm hard-codes (fx: 120 s, pruning: 240 s)
+        for item in items:
+            item.add_marker(pytest.mark.timeout(int(os.environ['TIMEOUT'])), append=False)
