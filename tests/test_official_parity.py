@@ -38,6 +38,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from mmengine.registry import DefaultScope
 from mmseg.registry import MODELS
 
 import vision_rwkv  # noqa: F401  (registers the timm models)
@@ -62,6 +63,14 @@ TIMM_NAMES = {('tiny', 224): 'vrwkv_tiny_patch16_224', ('small', 224): 'vrwkv_sm
 README_PARAMS_M = {'tiny': 6.2, 'small': 23.8, 'base': 93.7, 'large': 334.9}  # official README, classification
 CLS_CONFIG = 'configs/classification/vrwkv_tiny_8xb128_in1k.py'
 
+
+
+@pytest.fixture(autouse=True)
+def _mmseg_scope():
+    """Registry builds here are mmseg's, whatever default scope an earlier in-process runner left current
+    (tests/test_learning.py builds mmengine runners in this process)."""
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        yield
 
 def eq5_wkv(w, u, k, v):
     """Eq. 5 of the paper, float64 by explicit softmax (the project's reference)."""
