@@ -1,4 +1,6 @@
 """The tools' error convention (``vision_rwkv.cli.run_tool``), checkpoint file errors and file modes."""
+import ast
+import glob
 import os
 import stat
 import subprocess
@@ -59,6 +61,30 @@ def test_a_real_tool_reports_a_user_error_in_one_line(tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2 and result.stderr.startswith('error: classes must be')
     assert 'Traceback' not in result.stderr
+
+
+#: the scripts of tools/ (the others there are modules they import, with no ``__main__`` block)
+TOOL_SCRIPTS = sorted(os.path.basename(t) for t in glob.glob(os.path.join(REPO, 'tools', '*.py'))
+                      if "if __name__ == '__main__':" in open(t).read())
+
+
+def _called_names(tree: ast.AST):
+    return {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+
+
+def test_the_tool_scripts_are_found():
+    assert len(TOOL_SCRIPTS) >= 11 and {'train.py', 'gpu_check.py', 'benchmark_ops.py'} <= set(TOOL_SCRIPTS)
+
+
+@pytest.mark.parametrize('tool', TOOL_SCRIPTS)
+def test_every_tool_runs_under_the_error_convention(tool):
+    """Every script of tools/ ends in ``run_tool(main)`` and declares ``--debug`` (directly or through
+    ``add_common_args``)."""
+    tree = ast.parse(open(os.path.join(REPO, 'tools', tool)).read())
+    main_block = tree.body[-1]
+    assert isinstance(main_block, ast.If) and ast.unparse(main_block.test) == "__name__ == '__main__'", tool
+    assert [ast.unparse(s) for s in main_block.body] == ['run_tool(main)'], tool
+    assert _called_names(tree) & {'add_debug_flag', 'add_common_args'}, f'{tool} does not declare --debug'
 
 
 class _Pickled:

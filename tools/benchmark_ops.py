@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import machine_info, op_inputs, report
+from vision_rwkv.cli import add_debug_flag, run_tool
 from vision_rwkv.kernels import bi_wkv, bi_wkv6, bi_wkv_2d
 
 MODES = ('raster', 'official', 'cross', '2d', 'wkv6', 'sdpa')  # SDPA last: the ratios divide by its row
@@ -120,6 +121,7 @@ def main():
     parser.add_argument('--out', default='benchmark_results/ops.json')
     parser.add_argument('--quick', action='store_true', help='the smallest shape only')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    add_debug_flag(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,4 +139,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

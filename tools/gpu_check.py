@@ -66,6 +66,7 @@ import vision_rwkv  # noqa: E402,F401  (registers the VRWKV models in timm)
 from benchmark import op_inputs  # noqa: E402
 from gpu_check_kernels import (Case, kernel_cases, reference_self_checks, rel_err, run_case,  # noqa: E402
                                second_device_cases)
+from vision_rwkv.cli import add_debug_flag, run_tool  # noqa: E402
 from vision_rwkv.kernels import bi_wkv, bi_wkv6  # noqa: E402
 
 SECTIONS = ('kernels', 'model_check', 'bench_ops', 'bench_models', 'bench_sam', 'multi_device')
@@ -648,7 +649,7 @@ def bench_model(dev: Device, model: torch.nn.Module, batch: int, size: int, trai
 
 
 def section_bench_models(ctx: Context) -> None:
-    p, dev, report = ctx.plan['models'], ctx.dev, ctx.report
+    p, report = ctx.plan['models'], ctx.report
     report.note('bench_models', 'bf16 autocast, fp32 weights; training step = forward, cross-entropy, backward, '
                                 'AdamW step; peak_GiB = peak allocated memory (weights, optimizer state included); '
                                 'ViT attention: timm (F.scaled_dot_product_attention)'
@@ -810,6 +811,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     size.add_argument('--smoke', action='store_true', help='tiny shapes and models (automatic without CUDA)')
     parser.add_argument('--sections', default=','.join(SECTIONS), help=f'comma-separated, from {",".join(SECTIONS)}')
     parser.add_argument('--seed', type=int, default=None, help='random seed (default: a fresh one, printed)')
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     args.sections = [s for s in args.sections.split(',') if s]
     unknown = sorted(set(args.sections) - set(SECTIONS))
@@ -857,4 +859,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

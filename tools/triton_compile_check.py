@@ -23,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vision_rwkv.cli import add_debug_flag, run_tool  # noqa: E402
+
 #: Representative shape of the launch geometry: VRWKV-S width at 64x64 tokens, bf16 inputs.
 B, H, W, C = 8, 64, 64, 384
 _DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
@@ -143,6 +145,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--arch', type=int, default=90, help='compute capability, e.g. 80, 90 (default)')
     parser.add_argument('--json', help='write the results here')
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         parser.error('unset TRITON_INTERPRET: interpreted kernels cannot be compiled')
@@ -156,4 +159,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)
