@@ -16,6 +16,22 @@ import pytest  # noqa: E402
 SEED = int(os.environ.get('VRWKV_TEST_SEED', random.SystemRandom().randrange(2 ** 31)))
 
 
+def pytest_addoption(parser):
+    parser.addoption('--timm-models', action='store_true',
+                     help="also run timm's per-model tests on every VRWKV model (about an hour on 2 CPU cores)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``timm_models`` run only with ``--timm-models``; otherwise they are deselected (reported
+    as such), so that neither tier of the suite runs them."""
+    if config.getoption('--timm-models'):
+        return
+    deselected = [item for item in items if item.get_closest_marker('timm_models')]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker('timm_models')]
+
+
 def pytest_report_header(config):
     return f'vision_rwkv test seed: {SEED} (VRWKV_TEST_SEED={SEED} to replay)'
 

@@ -113,19 +113,19 @@ def test_timm_config_and_api_tests_on_every_model(tmp_path):
     assert_all_ran(outcomes, ALL_MODELS, ['test_model_default_cfgs_non_std'])
 
 
-@pytest.mark.slow
+@pytest.mark.timm_models
 @pytest.mark.timeout(3600)
 def test_timm_model_tests_on_tiny_models(tmp_path):
     """Every per-model test (forward, backward, features, pruning, fx, config) on the tiny models of the three
-    wkv modes and VRWKV6 (``-m slow``: 6 minutes per model on 2 shared CPU cores, over the default suite's budget)."""
+    wkv modes and VRWKV6 (``--timm-models``: about 6 minutes per model on 2 CPU cores, over the suite's budget)."""
     assert_all_ran(run_timm_tests(timm_tests(tmp_path), TINY_MODELS), TINY_MODELS, PER_MODEL_TESTS)
 
 
-@pytest.mark.slow
+@pytest.mark.timm_models
 @pytest.mark.timeout(3600)  # VRWKV-L alone takes about 10 minutes on 2 CPU cores
 @pytest.mark.parametrize('size', ['small', 'base', 'large'])
 def test_timm_model_tests_on_larger_models(tmp_path, size):
-    """The same on the small, base and large models (about 20 minutes in all on 2 CPU cores: ``-m slow``)."""
+    """The same on the small, base and large models (about 20 minutes in all on 2 CPU cores: ``--timm-models``)."""
     models = timm.list_models(f'vrwkv*_{size}_*')
     assert_all_ran(run_timm_tests(timm_tests(tmp_path), models), models, PER_MODEL_TESTS)
 
