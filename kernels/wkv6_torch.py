@@ -210,6 +210,12 @@ def _prepare(r, k, v, w, u, chunk, dtype):
     return rc, kc, vc, lw, u.to(dtype).expand(B, H, N).reshape(B * H, N)
 
 
+def _local_scores(r: torch.Tensor, k: torch.Tensor, lw: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(g, X, S, S) scores P[t, s] of the pairs inside each chunk of a group ((g, X, S, N) inputs)."""
+    weights = pair_weights(lw, u).mul_(k.unsqueeze(2))  # [t, s]: W(t, s) k_s
+    return (weights @ r.unsqueeze(-1)).squeeze(-1)
+
+
 def wkv6_torch_forward(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
                        dtype: torch.dtype = torch.float32, chunk: int = CHUNK) -> torch.Tensor:
     """Bidirectional RWKV-6 WKV, chunked (module docstring).
@@ -226,6 +232,8 @@ def wkv6_torch_forward(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: tor
     B, T, C = k.shape
     rc, kc, vc, lw, uc = _prepare(r, k, v, w, u, chunk, dtype)
     n, X, S, N = kc.shape
+    if n == 1:  # one chunk: every pair is inside it, no states
+        return from_chunks(_local_scores(rc, kc, lw, uc) @ vc, B, T)
     a, b, total = boundary_decays(lw)
     groups = group_slices(n, X, S, N)
     entries_rl = entry_states(kc * a, vc, total, groups, reverse=True)
@@ -233,8 +241,7 @@ def wkv6_torch_forward(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: tor
     y = torch.empty_like(vc)
     for sl, h_rl in zip(groups, entries_rl):
         r, k, v, ga, gb, tot = (x[sl] for x in (rc, kc, vc, a, b, total))
-        weights = pair_weights(lw[sl], uc).mul_(k.unsqueeze(2))  # [t, s]: W(t, s) k_s
-        scores = (weights @ r.unsqueeze(-1)).squeeze(-1)  # P[t, s]
+        scores = _local_scores(r, k, lw[sl], uc)
         states_lr, h_lr = scan_group(k * gb, v, tot, h_lr, reverse=False)
         states_rl, _ = scan_group(k * ga, v, tot, h_rl, reverse=True)
         y[sl] = scores @ v + (r * ga) @ states_lr + (r * gb) @ states_rl
@@ -275,6 +282,10 @@ def wkv6_torch_backward(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: to
     rc, kc, vc, lw, uc = _prepare(r, k, v, w, u, chunk, dtype)
     gyc = to_chunks(gy, H, chunk, dtype)
     n, X, S, _ = kc.shape
+    if n == 1:  # one chunk: every pair is inside it, no states
+        gr, gk, gv, glw, diag = _local_grads(rc, kc, vc, gyc, lw, uc)
+        gu = (diag * rc * kc).sum((0, 2))
+        return (*(from_chunks(x, B, T) for x in (gr, gk, gv, glw * lw)), gu.reshape(B, H, N).sum(0))
     a, b, total = boundary_decays(lw)
     groups = group_slices(n, X, S, N)
     # right-to-left states entering each group; the left-to-right ones are carried along

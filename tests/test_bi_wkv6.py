@@ -60,12 +60,13 @@ def assert_close(actual, expected, tol, name):
         assert rel_err(actual, expected) < tol, name
 
 
-@pytest.mark.parametrize('B,T,C,chunk', [(1, 1, 64, 16), (2, 37, 128, 16), (1, 16, 64, 16), (1, 50, 64, 4),
-                                         (2, 23, 64, 8)])
+@pytest.mark.parametrize('B,T,C,chunk', [(1, 1, 64, 16), (2, 13, 128, 16), (1, 16, 64, 16), (2, 37, 128, 16),
+                                         (1, 50, 64, 4), (2, 23, 64, 8)])
 @pytest.mark.parametrize('w_range', [(-3.0, 1.0), W_EXTREME])
 @pytest.mark.parametrize('dtype,tol', [(torch.float64, TOL64), (torch.float32, TOL32)])
 def test_torch_path_matches_reference(B, T, C, chunk, w_range, dtype, tol):
-    """Forward and all five gradients; T not a multiple of the chunk, T = 1, one and two heads."""
+    """Forward and all five gradients; one chunk (T <= chunk) and several, T not a multiple of the chunk,
+    T = 1, one and two heads."""
     inputs = make_inputs(B, T, C, w_range)
     gy = torch.randn(B, T, C, dtype=torch.float64)
     y_ref, grads_ref = reference_and_grads(inputs, gy)
