@@ -73,12 +73,28 @@ def test_torch_path_float64_matches_reference_tightly():
 
 @pytest.mark.parametrize('w_scale', [2.0, 20.0])
 def test_torch_path_large_decay_uses_short_chunks(w_scale):
-    """Per-token decays far beyond |w| T = 10: chunks shrink, results stay accurate."""
-    w = torch.full((4,), w_scale)
-    chunk_len = choose_chunk_len(w)
-    assert chunk_len == 1 or chunk_len * w_scale <= 8.0
-    check_against_reference('torch', 2, 70, 4, torch.float32, 'cpu', tol_y=1e-5, tol_g=1e-4,
-                            gw_scale_tol=1e-5, w_scale=w_scale)
+    """Per-token decays far beyond |w| T = 10 (w = w_scale N(0, 1)): chunks shrink, results stay accurate.
+
+    Tolerance: float32 takes differences of cumulative log-decays up to T max|w| (about 3000 at w_scale 20), so
+    every weight carries a relative error up to eps T max|w|. Gradient entries can be far smaller than their
+    terms (one far token dominates; u's term is negligible against growing weights), so each gradient's error is
+    bounded by eps T max|w| times its natural scale: sum|gy| for gv (weights sum to one), sum|gy| max|v| for gw,
+    gu and gk. Measured over 500 draws at each w_scale: at most 0.09 of that bound, and y within 0.08 of it."""
+    B, T, C = 2, 70, 4
+    w, u, k, v = make_inputs(B, T, C, w_scale=w_scale)
+    max_w = float(w.detach().abs().max())
+    chunk_len = choose_chunk_len(w.detach())
+    assert chunk_len == 1 or chunk_len * max_w <= 8.0
+    y = bi_wkv(w, u, k, v, backend='torch')
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad((y * gy).sum(), (w, u, k, v))
+    y_ref, grads_ref = reference_and_grads(w, u, k, v, gy)
+    bound = torch.finfo(torch.float32).eps * T * max_w
+    assert rel_err(y, y_ref) < bound
+    scale = float(gy.abs().sum())
+    for name, g, g_ref in zip('wukv', grads, grads_ref):
+        natural = scale if name == 'v' else scale * float(v.detach().abs().max())
+        assert float((g.double() - g_ref).abs().max()) < bound * natural, name
 
 
 @pytest.mark.parametrize('B,T,C', [(1, 1, 3), (2, 50, 7), (1, 196, 16), (2, 1024, 4)])
