@@ -102,10 +102,12 @@ def test_torch_path_long_sequence_with_large_decays():
     (33, torch.float32, 1e-5, 1e-4),   # fp32 accumulation: ~T·eps32 (y), 10x for the gradients
     (70, torch.float16, 2e-3, 4e-3),   # fp16 inputs and output: rounding of k, v, y (2^-11 ≈ 5e-4)
 ])
+@pytest.mark.slow
 def test_triton_path(T, dtype, tol_y, tol_g):
     _check_grads('triton', T, 33, dtype, tol_y, tol_g, device=TRITON_DEVICE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('T', [7, 70])
 def test_triton_path_carries_across_tiles(monkeypatch, T):
     """Tiles of 2 tokens: segments of 1 (T = 7) and 3 tokens (T = 70) walk 1 and 2 tiles, so the carries

@@ -69,6 +69,7 @@ def test_compiled_call_matches_eager(kind, backend):
         assert rel_err(g, g_ref) <= OP_TOL, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', WKV_MODES)
 def test_block_and_tiny_model_compile_without_graph_breaks(mode):
     block = Block(8, 0, 1, wkv_mode=mode)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +42,7 @@ runpy.run_path({script!r}, run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_smoke_run_without_optional_packages(tmp_path):
     out = tmp_path / 'out'
     wrapper = BLOCKING_WRAPPER.format(blocked=BLOCKED, script=str(SCRIPT))

@@ -98,6 +98,7 @@ def classification_top1(tmp_path, seed=SEED):
 CLS_MIN_TOP1 = 40.0
 
 
+@pytest.mark.slow
 def test_classification_reaches_top1_well_above_chance(tmp_path):
     untrained, top1 = classification_top1(tmp_path)
     assert untrained < CLS_MIN_TOP1, f'untrained model already at {untrained:.1f} %: the threshold proves nothing'
@@ -192,6 +193,7 @@ def segmentation_scores(tmp_path, seed=SEED):
 SEG_MIN_MIOU, SEG_MIN_SHAPE_IOU = 12.0, 15.0
 
 
+@pytest.mark.slow
 def test_segmentation_beats_all_background(tmp_path):
     scores = segmentation_scores(tmp_path)
     miou = {k: float(np.nanmean(v)) * 100 for k, v in scores.items() if k != 'reported'}
@@ -256,6 +258,7 @@ def sam_box_iou(tmp_path, seed=SEED):
 SAM_MIN_BOX_IOU, SAM_MIN_GAIN = 0.30, 0.15
 
 
+@pytest.mark.slow
 def test_sam_beats_the_untrained_box_iou(tmp_path):
     untrained, trained = sam_box_iou(tmp_path)
     assert untrained < SAM_MIN_BOX_IOU, f'untrained box IoU already {untrained:.3f}: the threshold proves nothing'

@@ -253,6 +253,7 @@ CLASSIFIERS = [('tiny', 224), ('small', 224), ('base', 224), ('large', 192), ('l
 
 
 # ---- the port itself ---------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', ['tiny', 'small', 'base', 'large'])
 def test_port_has_official_checkpoint_layout(officials, arch):
     """The port's keys are the released checkpoints' (mmcls T/S/B, InternImage L) and its size the README's."""
@@ -279,6 +280,7 @@ def test_port_has_official_checkpoint_layout(officials, arch):
 
 
 # ---- without the wkv_formula API: the port's structure, with Eq. 5 on both sides ----------------------
+@pytest.mark.slow
 @pytest.mark.parametrize('arch, size', [('tiny', 224), ('small', 224), ('large', 192)])
 def test_port_structure_matches_with_eq5(officials, arch, size):
     """Port with Eq. 5 == our models with Eq. 5, loaded from the port's checkpoint (timm + filter; tiny also the
@@ -320,6 +322,7 @@ def test_adapter_port_structure_matches_with_eq5(official_adapter):
 
 
 # ---- with the wkv_formula API: official checkpoints give the official outputs --------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize('arch, size', CLASSIFIERS)
 def test_timm_pretrained_file_reproduces_official_logits(officials, arch, size):
     official = officials[arch]

@@ -17,6 +17,9 @@ DEMO = osp.join(ROOT, 'tools', 'sam_demo.py')
 TOY = osp.join(ROOT, 'configs', 'sam', 'rwkv_sam_tiny_toy_shapes.py')
 
 
+pytestmark = pytest.mark.slow  # every test runs the demo in a subprocess (6-18 s each)
+
+
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     """Random weights of the toy architecture, saved as tools/train.py does (state_dict, 'sam.' keys)."""

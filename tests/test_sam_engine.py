@@ -90,6 +90,7 @@ def test_trainer_loss_and_predict_modes(coco_root):
         model(batch['inputs'], batch['data_samples'], mode='nope')
 
 
+@pytest.mark.slow
 def test_toy_config_trains_and_tests_through_the_tools(tmp_path):
     config = tmp_path / 'tiny_sam.py'
     config.write_text(f'''

@@ -44,6 +44,7 @@ def random_batch(n=2, size=(64, 64), classes=8):
     return dict(inputs=inputs, data_samples=samples)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', SEG_CONFIGS, ids=[osp.basename(p) for p in SEG_CONFIGS])
 def test_every_segmentation_config_builds_and_steps(path, tmp_path):
     """Each config passes the config checks, builds, and takes one optimizer step at a 64×64 crop."""
@@ -252,6 +253,7 @@ def run(*args, cwd):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_test_and_segment_tools(tmp_path):
     data_root = tmp_path / 'data'
     config = tiny_toy_config(tmp_path, data_root)
@@ -292,6 +294,7 @@ def test_train_test_and_segment_tools(tmp_path):
     assert bad.stderr.strip().splitlines() == [f'error: image {tmp_path}/none.jpg does not exist']
 
 
+@pytest.mark.slow
 def test_train_stops_with_one_line_when_an_annotation_is_missing(tmp_path):
     data_root = tmp_path / 'data'
     config = tiny_toy_config(tmp_path, data_root)

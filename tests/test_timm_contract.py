@@ -106,6 +106,7 @@ def test_missing_timm_sdist_fails_with_setup_hint(tmp_path):
         timm_tests(tmp_path, sdist=tmp_path / 'timm-0.0.0.tar.gz')
 
 
+@pytest.mark.slow
 def test_timm_config_and_api_tests_on_every_model(tmp_path):
     """timm's config / API test for all 15 models (12 VRWKV, 3 VRWKV6) on the meta device: factory device and
     dtype, classifier reset, pooling, head widths, group_matcher, no_weight_decay, frozen parameters."""

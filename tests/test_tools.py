@@ -84,6 +84,7 @@ def load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
+@pytest.mark.slow
 def test_train_then_test(tmp_path, data_root):
     cfg = write_config(tmp_path, data_root)
     work = tmp_path / 'work'
@@ -108,6 +109,7 @@ def test_train_then_test(tmp_path, data_root):
     assert metrics['accuracy/top1'] == pytest.approx(summary['val']['accuracy/top1'])
 
 
+@pytest.mark.slow
 def test_resume_after_kill_mid_epoch(tmp_path, data_root):
     (tmp_path / 'crash_hook.py').write_text(CRASH_HOOK)
     crashing = write_config(tmp_path, data_root, 'crashing.py', ["dict(type='CrashHook')"], ['crash_hook'])
@@ -135,6 +137,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path of the PyTorch launcher')
 def test_ddp_two_cpu_processes(tmp_path, data_root):
     cfg = write_config(tmp_path, data_root)
@@ -163,6 +166,7 @@ BAD_INPUT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', BAD_INPUT, ids=list(BAD_INPUT))
 def test_bad_input_is_one_clear_line(tmp_path, data_root, case):
     args, message = BAD_INPUT[case]
@@ -173,6 +177,7 @@ def test_bad_input_is_one_clear_line(tmp_path, data_root, case):
     assert not list((tmp_path / 'work').glob('*.pth'))
 
 
+@pytest.mark.slow
 def test_empty_class_folder_fails_before_training(tmp_path, data_root):
     root = tmp_path / 'shapes'
     shutil.copytree(data_root, root)
@@ -183,12 +188,14 @@ def test_empty_class_folder_fails_before_training(tmp_path, data_root):
     assert 'empty class folder' in result.stderr and str(root / 'train' / 'triangle') in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='--amp is accepted on CUDA machines')
 def test_amp_without_cuda_is_refused(tmp_path, data_root):
     result = run([TRAIN, write_config(tmp_path, data_root), '--amp'], tmp_path)
     assert result.returncode == 2 and '--amp needs a CUDA device' in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('content,message', [(b'', 'is empty'), (b'\x01' + os.urandom(4095), 'is not a PyTorch checkpoint')],
                          ids=['empty', 'random bytes'])
 def test_test_tool_names_a_file_that_is_no_checkpoint(tmp_path, data_root, content, message):
