@@ -24,7 +24,7 @@ setup(
     python_requires='>=3.10',
     packages=['vision_rwkv', 'vision_rwkv.data', 'vision_rwkv.engine', 'vision_rwkv.layers', 'vision_rwkv.models',
               'vision_rwkv.mmseg', 'vision_rwkv.sam', 'vision_rwkv.sam.modeling', 'vision_rwkv.sam.utils',
-              'vision_rwkv.kernels'],
+              'vision_rwkv.kernels', 'vision_rwkv.deploy'],
     package_dir={'vision_rwkv.kernels': 'kernels'},
     install_requires=[
         TORCH,
@@ -45,5 +45,7 @@ setup(
         # RWKV-SAM: segment-anything's own predictor / mask generator work with our model (tested);
         # pycocotools for COCO-format masks and RLE outputs
         'sam': ['segment-anything==1.0', 'pycocotools', 'scipy'],
+        # ONNX export (torch's torch.export-based exporter needs onnxscript) and the check in onnxruntime
+        'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20'],
     },
 )

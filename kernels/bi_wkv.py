@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .bi_wkv_export import bi_wkv_export, bi_wkv_official_export, check_exporter, onnx_exporting
 from .bi_wkv_official import official_backward, official_forward, segment_length
 from .bi_wkv_torch import bi_wkv_torch_backward, bi_wkv_torch_forward
 
@@ -62,7 +63,7 @@ def scan_layout(k: torch.Tensor, grid: Optional[Sequence[int]], order: str) -> T
         if order != 'row':
             raise ValueError(f"bi_wkv: order={order!r} needs grid=(H, W) of the {T} tokens")
         return (1, T), C
-    H, W = (int(n) for n in grid)
+    H, W = (n if isinstance(n, torch.SymInt) else int(n) for n in grid)  # int() would fix an exported size
     if H * W != T:
         raise ValueError(f'bi_wkv: grid {H}x{W} holds {H * W} tokens but the sequence has T = {T}')
     return (H, W), {'row': C, 'col': 0, 'cross': C // 2}[order]
@@ -368,9 +369,14 @@ def bi_wkv(
     use_triton = _use_triton(k, backend or 'auto')
     if formula not in _FORMULAS:
         raise ValueError(f'bi_wkv: formula must be one of {_FORMULAS}, got {formula!r}')
+    if formula == 'official' and order != 'row':
+        raise ValueError(f"bi_wkv: formula='official' exists for the raster order only (order='row'), "
+                         f'got order={order!r}')
+    if onnx_exporting():
+        check_exporter('bi_wkv')
+        if formula == 'official':
+            return bi_wkv_official_export(w, u, k, v)
+        return bi_wkv_export(w, u, k, v, (H, W), split)
     if formula == 'official':
-        if order != 'row':
-            raise ValueError(f"bi_wkv: formula='official' exists for the raster order only (order='row'), "
-                             f'got order={order!r}')
         return bi_wkv_official_forward_op(w, u, k, v, use_triton, _needs_grad(w, u, k, v))[0]
     return bi_wkv_forward_op(w, u, k, v, H, W, split, use_triton, _needs_grad(w, u, k, v))[0]

@@ -28,6 +28,7 @@ import torch
 from .bi_wkv import (_LIB, _check_inputs, _needs_grad, _use_triton, check_log_den, compute_dtype, define_op,
                      fake_forward_outputs, forward_outputs, grads_like, launch_triton, saved_for_backward,
                      scan_layout)
+from .bi_wkv_export import bi_wkv_2d_export, check_exporter, onnx_exporting
 from .bi_wkv_torch import _bidirectional, choose_chunk_len, decay_scan, fits_one_chunk, one_chunk_bidirectional
 
 
@@ -227,5 +228,8 @@ def bi_wkv_2d(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """
     _check_inputs(w, u, k, v)
     (H, W), _ = scan_layout(k, grid, 'row')
+    if onnx_exporting():
+        check_exporter('bi_wkv_2d')
+        return bi_wkv_2d_export(w, u, k, v, (H, W))
     use_triton = _use_triton(k, backend or 'auto')
     return bi_wkv_2d_forward_op(w, u, k, v, H, W, use_triton, _needs_grad(w, u, k, v))[0]

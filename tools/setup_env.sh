@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install vision_rwkv into it. Idempotent; safe to re-run.
 #
-#   bash tools/setup_env.sh [core|seg|sam|all]      (default: all)
+#   bash tools/setup_env.sh [core|seg|sam|deploy|all]      (default: all)
 #
 #   core  torch, torchvision, timm, mmengine and the package: classification training and the timm models
 #   seg   core + mmsegmentation and mmcv 2.1.0, built from source the first time (10-17 min on 2 cores)
 #   sam   core + segment-anything, pycocotools, scipy (RWKV-SAM training and its demo)
+#   deploy core + onnx, onnxscript, onnxruntime (ONNX export: tools/export_onnx.py)
 #   all   everything, plus the test dependencies and timm's test file (what the test command needs)
 #
 # tools/train.py sets up seg or sam by itself the first time a config needs them (inside this .venv).
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PART=${1:-all}
-case "$PART" in core|seg|sam|all) ;; *) echo "error: unknown part '$PART' (core, seg, sam or all)" >&2; exit 2 ;; esac
+case "$PART" in core|seg|sam|deploy|all) ;; *) echo "error: unknown part '$PART' (core, seg, sam, deploy or all)" >&2; exit 2 ;; esac
 TORCH_PINS="torch==2.13.0 torchvision==0.28.0"
 PYTHON=${PYTHON:-python3}
 
@@ -43,7 +44,8 @@ case "$PART" in
   core) .venv/bin/pip install -e . ;;
   seg) .venv/bin/pip install -e ".[seg]" ;;
   sam) .venv/bin/pip install -e ".[sam]" ;;
-  all) .venv/bin/pip install -e ".[dev,seg,sam]"
+  deploy) .venv/bin/pip install -e ".[deploy]" ;;
+  all) .venv/bin/pip install -e ".[dev,seg,sam,deploy]"
     # tests/test_timm_contract.py runs timm's own tests/test_models.py on our models: it reads the file from
     # the sdist of the installed timm version, downloaded here once (tests never download).
     TIMM_VERSION=$(.venv/bin/python -c "import timm; print(timm.__version__)")

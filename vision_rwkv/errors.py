@@ -6,7 +6,8 @@ traceback (``--debug`` shows the traceback of user errors too). Each class also 
 exception that library callers would catch (``ValueError``, ``FileNotFoundError``, ...).
 """
 
-__all__ = ['CheckpointError', 'ConfigError', 'InputError', 'InputFileError', 'OutputExistsError', 'UserError']
+__all__ = ['CheckpointError', 'ConfigError', 'ExportError', 'InputError', 'InputFileError', 'OutputExistsError',
+           'UserError']
 
 
 class UserError(Exception):
@@ -32,3 +33,7 @@ class CheckpointError(UserError, RuntimeError):
 
 class InputError(UserError, ValueError):
     """An image or a prompt that a model cannot take (wrong dtype or shape, points outside the image, NaN)."""
+
+
+class ExportError(UserError, ValueError):
+    """A model (or a mode of it) that cannot be exported as asked, or an export file that does not fit."""

@@ -6,6 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_function, register_notrace_module
 
+from vision_rwkv.kernels.bi_wkv_export import check_exporter, onnx_exporting
+
 
 @register_notrace_module  # one torch.fx node: its input checks and padding are Python control flow on shapes
 class PatchEmbed(nn.Module):
@@ -48,6 +50,8 @@ class PatchEmbed(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.projection.in_channels:
             raise ValueError(
                 f'expected images of shape (B, {self.projection.in_channels}, H, W), got {tuple(x.shape)}')
+        if onnx_exporting():
+            check_exporter('VRWKV')  # before any layer the TorchScript tracer fails on with an obscure error
         H, W = x.shape[-2:]
         p = self.patch_size[0]
         if self.strict_img_size and (H, W) != self.img_size:
@@ -74,9 +78,10 @@ def resample_pos_embed(
 ) -> torch.Tensor:
     """Resample a (1, H*W, C) absolute position embedding to another grid.
 
-    Interpolates as the official code (``F.interpolate``, align_corners=False, no antialiasing).
+    Interpolates as the official code (``F.interpolate``, align_corners=False, no antialiasing). While
+    exporting it always interpolates (the identity at the same size), so the graph holds for every size.
     """
-    if tuple(old_grid) == tuple(new_grid):
+    if not torch.compiler.is_exporting() and tuple(old_grid) == tuple(new_grid):
         return pos_embed
     C = pos_embed.shape[-1]
     grid = pos_embed.reshape(1, old_grid[0], old_grid[1], C).permute(0, 3, 1, 2)
