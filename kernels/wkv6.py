@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from .bi_wkv import _LIB, _cuda_guard, define_op
-from .bi_wkv_export import onnx_exporting
+from .bi_wkv_export import check_exporter, onnx_exporting
 from .wkv6_torch import wkv6_torch_backward, wkv6_torch_forward
 
 HEAD_SIZE = 64
@@ -156,7 +156,8 @@ def bi_wkv6(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, 
     """
     check_wkv6_inputs(r, k, v, w, u)
     if onnx_exporting():
-        raise NotImplementedError('bi_wkv6 (VRWKV6) has no ONNX-exportable form yet; the VRWKV models (bi_wkv, '
-                                  'bi_wkv_2d) export in every wkv_mode')
+        check_exporter('bi_wkv6')
+        from .wkv6_export import bi_wkv6_export  # torch's scan operator, imported for exports only
+        return bi_wkv6_export(r, k, v, w, u)
     return bi_wkv6_forward_op(r, k, v, w, u, use_triton(r, k, v, w, backend or 'auto'))
 

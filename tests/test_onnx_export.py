@@ -11,8 +11,9 @@ import torch
 
 from vision_rwkv.kernels.bi_wkv_export import (bi_wkv_2d_export, bi_wkv_export, bi_wkv_official_export,
                                                onnx_exporting)
-from vision_rwkv.kernels.reference import (bi_wkv_2d_reference, bi_wkv_official_reference,
+from vision_rwkv.kernels.reference import (bi_wkv6_reference, bi_wkv_2d_reference, bi_wkv_official_reference,
                                            bi_wkv_scan_reference)
+from vision_rwkv.kernels.wkv6_export import bi_wkv6_export
 
 from conftest import rel_err
 
@@ -78,6 +79,20 @@ def test_exportable_bi_wkv_keeps_the_input_dtype():
     assert rel_err(y, bi_wkv_scan_reference(w, u, k, v, (4, 5), 'row')) < 2e-7
 
 
+# VRWKV6: the chunked arithmetic of the eager path (kernels.wkv6_torch), so its tolerances: float64 1e-12 (sums
+# of terms of one sign per pair weight, measured 4e-16 on the eager path), float32 16·eps = 1.9e-6 (measured 1.2e-7)
+@pytest.mark.parametrize('B, T, H', [(1, 1, 1), (2, 13, 2), (1, 16, 1), (1, 17, 1), (2, 40, 1)])
+@pytest.mark.parametrize('dtype, tol', [(torch.float64, 1e-12), (torch.float32, 16 * 1.19e-7)])
+def test_exportable_bi_wkv6_matches_reference(B, T, H, dtype, tol):
+    C = 64 * H
+    r, k, v = (torch.randn(B, T, C, dtype=dtype) for _ in range(3))
+    w = torch.randn(B, T, C, dtype=dtype) * 2 - 1  # per-token decays from e^-0.05 to e^-55
+    u = torch.randn(H, 64, dtype=dtype)
+    y = bi_wkv6_export(r, k, v, w, u)
+    assert y.dtype == dtype
+    assert rel_err(y, bi_wkv6_reference(r, k, v, w, u)) < tol
+
+
 def test_not_exporting_outside_an_export():
     assert not onnx_exporting()
 
@@ -130,6 +145,20 @@ def test_vrwkv_exports_with_dynamic_batch_and_size(tmp_path):
         assert row['rel_err'] < 1e-4, row
 
 
+def test_vrwkv6_exports_with_dynamic_batch_and_size(tmp_path):
+    """bi_wkv6's states cross the chunks in an ONNX Scan: checked at one chunk (64²: 16 tokens) and at 3 and 16."""
+    from vision_rwkv.deploy import check_onnx, export_onnx
+    model = timm.create_model('vrwkv6_tiny_patch16_224', embed_dim=64, depth=1, num_classes=5,
+                              dynamic_img_size=True).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if 'time_decay' in name:
+                p.add_(torch.randn_like(p))  # decays spread wider than the init
+    path = export_onnx(model, tmp_path / 'v6.onnx', img_size=(96, 96), optimize=False)
+    for row in check_onnx(model, path, [(64, 64), (80, 48), (256, 256)], batch=2):
+        assert row['rel_err'] < 1e-4, row
+
+
 @pytest.mark.slow
 def test_features_only_export(tmp_path):
     from vision_rwkv.deploy import check_onnx, export_onnx, onnx_metadata
@@ -147,8 +176,8 @@ def test_export_refuses_models_it_cannot_export(tmp_path):
     from vision_rwkv.deploy import export_onnx
     from vision_rwkv.errors import ExportError
     v6 = timm.create_model('vrwkv6_tiny_patch16_224', embed_dim=64, depth=1, dynamic_img_size=True)
-    with pytest.raises(ExportError, match='VRWKV6'):
-        export_onnx(v6, tmp_path / 'v6.onnx', img_size=64)
+    with pytest.raises(ExportError, match='more than 16 tokens'):
+        export_onnx(v6, tmp_path / 'v6.onnx', img_size=64)  # one chunk of bi_wkv6 would fix the chunk count
     fixed = timm.create_model('vrwkv_tiny_patch16_224', embed_dim=32, depth=1)
     with pytest.raises(ExportError, match='dynamic_img_size=True'):
         export_onnx(fixed, tmp_path / 'fixed.onnx')

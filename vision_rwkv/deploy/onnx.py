@@ -7,7 +7,7 @@
 The exporter is torch's ``torch.export``-based one (``torch.onnx.export(..., dynamo=True)``). While it traces,
 ``bi_wkv`` and ``bi_wkv_2d`` compute Bi-WKV from standard ops (``kernels.bi_wkv_export``: cumulative sums in
 float64, no loop, O(T) memory), so one graph serves every input size. The Triton and chunked training paths are
-not touched. VRWKV6's ``bi_wkv6`` has no exportable form yet: its models stop with an ``ExportError``.
+not touched; VRWKV6's ``bi_wkv6`` carries its states across chunks with an ONNX ``Scan`` (``kernels.wkv6_export``).
 """
 import os
 from pathlib import Path
@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from vision_rwkv.errors import ExportError, InputFileError
+from vision_rwkv.kernels.wkv6_torch import CHUNK as WKV6_CHUNK
 
 __all__ = ['DEFAULT_OPSET', 'check_onnx', 'export_onnx', 'onnx_metadata', 'onnx_session', 'patch_embed_of',
            'relative_error']
@@ -46,12 +47,13 @@ def patch_embed_of(model: nn.Module) -> nn.Module:
     return patch_embed
 
 
+def _has_v6_blocks(model: nn.Module) -> bool:
+    from vision_rwkv.layers.spatial_mix_v6 import SpatialMixV6
+    return any(isinstance(m, SpatialMixV6) for m in model.modules())
+
+
 def _check_exportable(model: nn.Module) -> Tuple[int, int]:
     """The patch size and input channels of a VRWKV backbone that can be exported at any size."""
-    from vision_rwkv.layers.spatial_mix_v6 import SpatialMixV6
-    if any(isinstance(m, SpatialMixV6) for m in model.modules()):
-        raise ExportError("VRWKV6 models (bi_wkv6) cannot be exported to ONNX yet; the VRWKV models in every "
-                          "wkv_mode ('raster', 'cross', '2d') and wkv_formula can")
     patch_embed = patch_embed_of(model)
     if patch_embed.strict_img_size:
         raise ExportError('the model accepts only its img_size: create it with dynamic_img_size=True to export a '
@@ -90,6 +92,9 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], img_size: Union
     H, W = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if H % patch or W % patch or H < 2 * patch or W < 2 * patch:
         raise ExportError(f'img_size {H}x{W}: give multiples of the patch size {patch}, at least {2 * patch}')
+    if _has_v6_blocks(model) and (H // patch) * (W // patch) <= WKV6_CHUNK:
+        raise ExportError(f'img_size {H}x{W}: trace VRWKV6 models at a size of more than {WKV6_CHUNK} tokens '
+                          f'(two chunks of bi_wkv6), e.g. {patch * 5}x{patch * 5}; the graph then takes any size')
     model = model.eval()
     example = torch.randn(2, in_chans, H, W)  # batch 2: torch.export specialises dims of size 1
     batch = torch.export.Dim('batch', min=1, max=1 << 16)
