@@ -145,6 +145,7 @@ def test_vrwkv_exports_with_dynamic_batch_and_size(tmp_path):
         assert row['rel_err'] < 1e-4, row
 
 
+@pytest.mark.slow
 def test_vrwkv6_exports_with_dynamic_batch_and_size(tmp_path):
     """bi_wkv6's states cross the chunks in an ONNX Scan: checked at one chunk (64²: 16 tokens) and at 3 and 16."""
     from vision_rwkv.deploy import check_onnx, export_onnx
