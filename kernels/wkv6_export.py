@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch._higher_order_ops.scan import scan
 
-from .wkv6_torch import CHUNK, EXP_FLOOR, LOG_DECAY_FLOOR, between_mask
+from .wkv6_torch import CHUNK, EXP_FLOOR, between_mask, cumsum_exclusive, from_chunks, log_decays
 
 
 def _to_chunks(x: torch.Tensor, heads: int, chunk: int, dtype: torch.dtype) -> torch.Tensor:
@@ -27,23 +27,9 @@ def _to_chunks(x: torch.Tensor, heads: int, chunk: int, dtype: torch.dtype) -> t
     return x.reshape(n, B * heads, chunk, C // heads)
 
 
-def _from_chunks(x: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    """(n, B·H, S, N) -> (B, T, H·N), padding dropped."""
-    n, BH, S, N = x.shape
-    heads = BH // batch
-    return x.reshape(n, batch, heads, S, N).permute(1, 0, 3, 2, 4).reshape(batch, n * S, heads * N)[:, :length]
-
-
 def _exp(x: torch.Tensor) -> torch.Tensor:
     """exp of exponents <= 0, those below EXP_FLOOR flushed to 0 (as the eager path)."""
     return torch.exp(torch.where(x < EXP_FLOOR[x.dtype], torch.full_like(x, -math.inf), x))
-
-
-def _exclusive_cumsum(x: torch.Tensor, reverse: bool) -> torch.Tensor:
-    """Σ_{t'<t} x_{t'} (t' > t if ``reverse``) along dim -2."""
-    if reverse:
-        return _exclusive_cumsum(x.flip(-2), False).flip(-2)
-    return torch.cumsum(F.pad(x[..., :-1, :], (0, 0, 1, 0)), -2)
 
 
 def _chunk_states(delta: torch.Tensor, total: torch.Tensor, reverse: bool) -> torch.Tensor:
@@ -70,7 +56,7 @@ def bi_wkv6_export(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.T
     H, N = u.shape
     dtype = torch.float64 if r.dtype == torch.float64 else torch.float32
     rc, kc, vc = (_to_chunks(x, H, chunk, dtype) for x in (r, k, v))
-    lw = _to_chunks(torch.clamp(-torch.exp(w.to(dtype)), min=LOG_DECAY_FLOOR), H, chunk, dtype)
+    lw = _to_chunks(log_decays(w, dtype), H, chunk, dtype)
     n, X, S, _ = kc.shape
     uc = u.to(dtype).expand(B, H, N).reshape(X, N)
     # pairs inside each chunk: W[t, s] = exp(Σ lw strictly between), u on the diagonal
@@ -80,10 +66,10 @@ def bi_wkv6_export(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.T
     pairs = torch.where(eye, uc[:, None, None, :], pairs)
     scores = (pairs * kc.unsqueeze(2) * rc.unsqueeze(3)).sum(-1)  # (n, X, S, S): P[t, s]
     # across chunks: a = decay from the chunk's start to t, b = from t to its end, total = the whole chunk
-    a = _exp(_exclusive_cumsum(lw, reverse=False))
-    b = _exp(_exclusive_cumsum(lw, reverse=True))
+    a = _exp(cumsum_exclusive(lw, reverse=False))
+    b = _exp(cumsum_exclusive(lw, reverse=True))
     total = _exp(lw.sum(-2)).unsqueeze(-1)
     states_lr = _chunk_states((kc * b).transpose(-1, -2) @ vc, total, reverse=False)
     states_rl = _chunk_states((kc * a).transpose(-1, -2) @ vc, total, reverse=True)
     y = scores @ vc + (rc * a) @ states_lr + (rc * b) @ states_rl
-    return _from_chunks(y, B, T).to(r.dtype)
+    return from_chunks(y, B, T).to(r.dtype)
