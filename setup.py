@@ -24,7 +24,7 @@ setup(
     python_requires='>=3.10',
     packages=['vision_rwkv', 'vision_rwkv.data', 'vision_rwkv.engine', 'vision_rwkv.layers', 'vision_rwkv.models',
               'vision_rwkv.mmseg', 'vision_rwkv.sam', 'vision_rwkv.sam.modeling', 'vision_rwkv.sam.utils',
-              'vision_rwkv.kernels', 'vision_rwkv.deploy'],
+              'vision_rwkv.kernels', 'vision_rwkv.deploy', 'vision_rwkv_runtime'],
     package_dir={'vision_rwkv.kernels': 'kernels'},
     install_requires=[
         TORCH,

@@ -381,12 +381,13 @@ def test_decoder_fusion_uses_both_maps(decoder):
 
 
 def test_decoder_split_fusion_is_the_concatenated_convolution(decoder):
-    """``_fuse`` runs mix_feat_proj's first conv in an image part and a prompt part: same result as on the concat."""
+    """``image_fusion`` and ``_fuse`` run mix_feat_proj's first conv in an image part and a prompt part: same result
+    as on the concatenation."""
     feats = features(2)
     upscaled = torch.randn(5, DIM // 8, 4 * GRID, 4 * GRID)
     index = torch.tensor([1, 0, 1, 1, 0])
     with torch.no_grad():
-        fused = decoder._fuse(upscaled, feats.stride8, feats.stride4, index)
+        fused = decoder._fuse(upscaled, decoder.image_fusion(feats.stride4, feats.stride8)[index])
         concat = torch.cat([upscaled, decoder.mr_feat_proj(feats.stride8)[index],
                             decoder.hr_feat_proj(feats.stride4)[index]], dim=1)
         expected = decoder.mix_feat_proj(concat)

@@ -13,29 +13,20 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from vision_rwkv.errors import ExportError, InputFileError
+from vision_rwkv.errors import ExportError
 from vision_rwkv.kernels.wkv6_torch import CHUNK as WKV6_CHUNK
+from vision_rwkv_runtime.onnx import onnx_metadata, onnx_session, relative_error, require
 
-__all__ = ['DEFAULT_OPSET', 'check_onnx', 'export_onnx', 'onnx_metadata', 'onnx_session', 'patch_embed_of',
-           'relative_error']
+__all__ = ['DEFAULT_OPSET', 'check_onnx', 'export_graph', 'export_onnx', 'onnx_metadata', 'onnx_session',
+           'patch_embed_of', 'relative_error']
 
 #: ONNX opset of the exports (``CumSum``, ``LayerNormalization`` and ``Resize``'s cubic mode need >= 17).
 DEFAULT_OPSET = 18
 #: Largest grid side (in patches) the exported graph is declared for.
 MAX_GRID = 1024
-_DEPLOY_EXTRA = 'pip install -e ".[deploy]"'
-
-
-def _require(module: str):
-    """Import an optional deployment dependency, or say which extra installs it."""
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ExportError(f'{module} is not installed: {_DEPLOY_EXTRA}') from None
 
 
 def patch_embed_of(model: nn.Module) -> nn.Module:
@@ -85,9 +76,6 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], img_size: Union
         The path written. Outputs are named ``logits`` (B, classes), ``features`` (B, N, D) or
         ``features_<i>`` (B, D, H/p, W/p), with dims 'batch', '<p>*grid_h', '<p>*grid_w'.
     """
-    _require('onnxscript')
-    if opset < 17:
-        raise ExportError(f'opset {opset} is too old: Bi-WKV needs CumSum and LayerNormalization (opset >= 17)')
     patch, in_chans = _check_exportable(model)
     H, W = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if H % patch or W % patch or H < 2 * patch or W < 2 * patch:
@@ -102,47 +90,39 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], img_size: Union
     grid_w = torch.export.Dim('grid_w', min=2, max=MAX_GRID)
     with torch.no_grad():
         names = _output_names(model(example))
+    return export_graph(model, (example,), path, [input_name], names,
+                        ({0: batch, 2: patch * grid_h, 3: patch * grid_w},), opset, optimize)
+
+
+def export_graph(module: nn.Module, args: Tuple[torch.Tensor, ...], path: Union[str, os.PathLike],
+                 input_names: Sequence[str], output_names: Sequence[str], dynamic_shapes: Tuple,
+                 opset: int = DEFAULT_OPSET, optimize: bool = True, metadata: Optional[Dict[str, str]] = None,
+                 output_dims: Optional[Dict[str, Dict[int, str]]] = None) -> Path:
+    """``torch.onnx.export(module, args, dynamo=True)`` into one file written atomically, with ``metadata`` as
+    the model's ``metadata_props`` and the dynamic dims of outputs named as ``output_dims`` says
+    ({output: {axis: name}}: dims that depend on input values get generated names otherwise). Returns the path."""
+    onnx = require('onnx')
+    require('onnxscript')
+    if opset < 17:
+        raise ExportError(f'opset {opset} is too old: Bi-WKV needs CumSum and LayerNormalization (opset >= 17)')
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
-    with torch.no_grad():
-        torch.onnx.export(model, (example,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
-                          input_names=[input_name], output_names=names,
-                          dynamic_shapes=({0: batch, 2: patch * grid_h, 3: patch * grid_w},), optimize=optimize,
-                          verbose=False)
-    os.replace(tmp, path)
-    return path
-
-
-def onnx_metadata(path: Union[str, os.PathLike]) -> Dict:
-    """Opset, inputs and outputs of an ONNX file: {'opset': int, 'inputs': {name: [dim, ...]}, 'outputs': ...};
-    a dim is an int or the name of a dynamic axis."""
-    onnx = _require('onnx')
-    if not Path(path).is_file():
-        raise InputFileError(f'{path}: no such ONNX file')
     try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for files that are not ONNX
-        raise ExportError(f'{path} is not an ONNX model ({type(e).__name__}: {e})') from None
-    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-    opset = next((o.version for o in m.opset_import if o.domain in ('', 'ai.onnx')), None)
-    return dict(opset=opset, inputs={v.name: dims(v) for v in m.graph.input},
-                outputs={v.name: dims(v) for v in m.graph.output})
-
-
-def onnx_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
-    """An onnxruntime CPU ``InferenceSession`` of ``path`` (``threads``: intra-op threads, default all)."""
-    ort = _require('onnxruntime')
-    onnx_metadata(path)  # a clear error for a missing or non-ONNX file
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
-
-
-def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """||out - ref|| / ||ref|| (Frobenius), in float64."""
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), np.finfo(np.float64).tiny))
+        with torch.no_grad():
+            torch.onnx.export(module, args, str(tmp), dynamo=True, opset_version=opset, external_data=False,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_shapes=dynamic_shapes, optimize=optimize, verbose=False)
+        if metadata or output_dims:
+            model = onnx.load(str(tmp))
+            onnx.helper.set_model_props(model, metadata or {})
+            for output in model.graph.output:
+                for axis, name in (output_dims or {}).get(output.name, {}).items():
+                    output.type.tensor_type.shape.dim[axis].dim_param = name
+            onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def check_onnx(model: nn.Module, path: Union[str, os.PathLike], sizes: Sequence[Sequence[int]], batch: int = 1,

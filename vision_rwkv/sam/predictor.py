@@ -9,11 +9,16 @@ Differences from segment-anything, all for bad input:
   other than 0 / 1, non-finite coordinates, points outside the image, boxes with x1 < x0 or
   y1 < y0, boxes entirely outside the image (boxes that overlap it are clipped to it), and a
   mask input that is not (1, 256, 256) (the low-resolution logits size at a 1024 input).
+
+``to_rgb_uint8`` and the prompt checks are numpy code shared with the onnxruntime predictor
+(``vision_rwkv_runtime.image``).
 """
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
+
+from vision_rwkv_runtime.image import check_prompts, to_rgb_uint8
 
 from ..errors import InputError
 from .modeling.image_encoder import ImageFeatures
@@ -21,31 +26,6 @@ from .modeling.sam import RWKVSam
 from .utils.transforms import ResizeLongestSide
 
 __all__ = ['RWKVSamPredictor', 'to_rgb_uint8']
-
-
-def to_rgb_uint8(image: np.ndarray, image_format: str = 'RGB') -> np.ndarray:
-    """Any supported image array -> (H, W, 3) uint8 RGB.
-
-    Grayscale is replicated, RGBA loses its alpha, uint16 is scaled by 1/257, and
-    ``image_format='BGR'`` reverses the channels.
-    """
-    if image_format not in ('RGB', 'BGR'):
-        raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-    image = np.asarray(image)
-    if image.dtype == np.uint16:
-        image = (image.astype(np.uint32) * 255 + 32767) // 65535
-    elif image.dtype != np.uint8:
-        raise InputError(f'images must be uint8 or uint16 arrays, got {image.dtype}')
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape[:2]:
-        raise InputError(f'expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {image.shape}')
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    image = image[..., :3]
-    if image_format == 'BGR':
-        image = image[..., ::-1]
-    return np.ascontiguousarray(image.astype(np.uint8))
 
 
 class RWKVSamPredictor:
@@ -109,7 +89,8 @@ class RWKVSamPredictor:
             masks (C, H, W), scores (C,), low-resolution logits (C, 256, 256), as numpy arrays.
         """
         self._require_image()
-        points, labels, box = self._check_prompts(point_coords, point_labels, box, mask_input)
+        points, labels, box = check_prompts(point_coords, point_labels, box, mask_input, self.original_size,
+                                            self.model.prompt_encoder.mask_input_size)
         coords = boxes = masks_in = None
         if points is not None:
             coords = self._tensor(self.transform.apply_coords(points, self.original_size)[None])
@@ -153,39 +134,3 @@ class RWKVSamPredictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise RuntimeError('no image: call set_image(...) before predicting')
-
-    def _check_prompts(self, point_coords, point_labels, box, mask_input):
-        """Validate prompts in original-image coordinates; returns points (N, 2), labels (N,), box (1, 4)."""
-        if point_coords is None and box is None and mask_input is None:
-            raise InputError('no prompt: give point_coords with point_labels, a box, or a mask_input')
-        if (point_coords is None) != (point_labels is None):
-            raise InputError('point_coords and point_labels go together: give both or neither')
-        H, W = self.original_size
-        points = labels = None
-        if point_coords is not None:
-            points = np.asarray(point_coords, dtype=float)
-            labels = np.asarray(point_labels)
-            if points.ndim != 2 or points.shape[1] != 2:
-                raise InputError(f'point_coords must be (N, 2) x, y, got shape {points.shape}')
-            if labels.shape != (len(points),):
-                raise InputError(f'{len(points)} points but point_labels has shape {labels.shape}')
-            if not np.isin(labels, (0, 1)).all():
-                raise InputError(f'point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels)}')
-            if not np.isfinite(points).all():
-                raise InputError('point_coords contain NaN or inf')
-            outside = (points[:, 0] < 0) | (points[:, 0] > W) | (points[:, 1] < 0) | (points[:, 1] > H)
-            if outside.any():
-                raise InputError(f'points {points[outside].tolist()} are outside the {W}×{H} image')
-        if box is not None:
-            box = np.asarray(box, dtype=float).reshape(-1)
-            if box.shape != (4,) or not np.isfinite(box).all():
-                raise InputError(f'box must be 4 finite numbers x0, y0, x1, y1, got {box.tolist()}')
-            if box[2] < box[0] or box[3] < box[1]:
-                raise InputError(f'box {box.tolist()} has x1 < x0 or y1 < y0 (expected x0, y0, x1, y1)')
-            if box[2] < 0 or box[3] < 0 or box[0] > W or box[1] > H:
-                raise InputError(f'box {box.tolist()} lies outside the {W}×{H} image')
-            box = np.clip(box, 0, [W, H, W, H])[None]
-        expected = (1, *self.model.prompt_encoder.mask_input_size)
-        if mask_input is not None and np.asarray(mask_input).shape != expected:
-            raise InputError(f'mask_input must be {expected} low-resolution logits, got {np.asarray(mask_input).shape}')
-        return points, labels, box

@@ -17,7 +17,8 @@ added to the upscaled embedding before the hypernetwork product with the mask to
 The names and the concatenation order are those of the upstream RWKV-SAM decoder
 (``SAMRWKVHRMaskDecoderMLPMerge``: hr = stride 4, mr = stride 8). The two projections depend on
 the image only, so they run once per image, before the per-prompt expansion; so does the part of
-``mix_feat_proj``'s first convolution that reads them (``_fuse``).
+``mix_feat_proj``'s first convolution that reads them (``image_fusion``; exported encoders compute it,
+``vision_rwkv.deploy.sam_onnx``).
 """
 from typing import Any, List, Optional, Tuple, Type
 
@@ -177,27 +178,38 @@ class MultiScaleMaskDecoder(nn.Module):
         raise ValueError(f'{name} has batch {x.shape[0]}; expected 1 (shared by all prompts) '
                          f'or {num_prompts} (one per prompt)')
 
-    def _fuse(self, upscaled: torch.Tensor, stride8: torch.Tensor, stride4: torch.Tensor,
-              image_index: Optional[torch.Tensor]) -> torch.Tensor:
-        """``mix_feat_proj(cat([upscaled, mr_feat_proj(stride8), hr_feat_proj(stride4)]))``: (B, C/8, 4h, 4w).
+    def image_fusion(self, stride4: torch.Tensor, stride8: torch.Tensor) -> torch.Tensor:
+        """The image-only part of the fusion: (F, C/4, 4h, 4w) from stride4 (F, stride4_chans, 4h, 4w) and stride8
+        (F, stride8_chans, 2h, 2w).
 
-        The first 3×3 convolution is linear in its input channels, so it is split: its image-only part
-        (the stride-8 and stride-4 projections) runs once per image, and only the ``upscaled`` part,
-        a third of its input channels, runs per prompt.
+        ``mix_feat_proj``'s first 3×3 convolution is linear in its input channels, so it splits into the part
+        that reads ``mr_feat_proj(stride8)`` and ``hr_feat_proj(stride4)`` (this, bias included), which depends on
+        the image only and runs once per image, and the part that reads the per-prompt upscaled embedding
+        (``_fuse``).
         """
         first = self.mix_feat_proj[0]
-        c = upscaled.shape[1]
         image_maps = torch.cat([self.mr_feat_proj(stride8), self.hr_feat_proj(stride4)], dim=1)
-        image_part = F.conv2d(image_maps, first.weight[:, c:], first.bias, padding=first.padding)
-        image_part = self._per_prompt(image_part, upscaled.shape[0], 'the fused stride-4/8 maps', image_index)
-        prompt_part = F.conv2d(upscaled, first.weight[:, :c], None, padding=first.padding)
-        return self.mix_feat_proj[1:](prompt_part + image_part)
+        return F.conv2d(image_maps, first.weight[:, self.transformer_dim // 8:], first.bias, padding=first.padding)
+
+    def _fuse(self, upscaled: torch.Tensor, image_fusion: torch.Tensor) -> torch.Tensor:
+        """``mix_feat_proj(cat([upscaled, mr_feat_proj(stride8), hr_feat_proj(stride4)]))``: (B, C/8, 4h, 4w), with
+        the image part (``image_fusion``, (B, C/4, 4h, 4w)) already computed."""
+        first = self.mix_feat_proj[0]
+        prompt_part = F.conv2d(upscaled, first.weight[:, :upscaled.shape[1]], None, padding=first.padding)
+        return self.mix_feat_proj[1:](prompt_part + image_fusion)
 
     def predict_masks(self, image_embeddings: Any, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                       dense_prompt_embeddings: torch.Tensor, image_index: Optional[torch.Tensor] = None
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Logits of all ``num_mask_tokens`` masks (B, T, 4h, 4w) and their IoU (B, T). See ``forward``."""
         embedding, stride4, stride8 = self._unpack_features(image_embeddings)
+        return self.predict_masks_fused(embedding, self.image_fusion(stride4, stride8), image_pe,
+                                        sparse_prompt_embeddings, dense_prompt_embeddings, image_index)
+
+    def predict_masks_fused(self, embedding: torch.Tensor, image_fusion: torch.Tensor, image_pe: torch.Tensor,
+                            sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                            image_index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``predict_masks`` from the embedding (F, C, h, w) and the image's ``image_fusion`` (F, C/4, 4h, 4w)."""
         num_prompts = sparse_prompt_embeddings.shape[0]
 
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -213,7 +225,8 @@ class MultiScaleMaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens, :]
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        upscaled = upscaled + self._fuse(upscaled, stride8, stride4, image_index)
+        image_fusion = self._per_prompt(image_fusion, num_prompts, 'the fused stride-4/8 maps', image_index)
+        upscaled = upscaled + self._fuse(upscaled, image_fusion)
 
         hyper_in_list: List[torch.Tensor] = [mlp(mask_tokens_out[:, i, :])
                                              for i, mlp in enumerate(self.output_hypernetworks_mlps)]
