@@ -118,7 +118,9 @@ def table(rows: List[Dict]) -> str:
     keys = list(rows[0])
 
     def fmt(v):
-        return f'{v:.2f}' if isinstance(v, float) else str(v)
+        if not isinstance(v, float):
+            return str(v)
+        return f'{v:.2f}' if v == 0 or abs(v) >= 0.01 else f'{v:.1e}'  # relative errors: 1.2e-06
 
     lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
     lines += ['| ' + ' | '.join(fmt(r[k]) for k in keys) + ' |' for r in rows]

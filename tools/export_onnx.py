@@ -1,19 +1,28 @@
-"""Export a VRWKV backbone to ONNX (dynamic batch, height and width) and check it in onnxruntime.
+"""Export a VRWKV backbone (dynamic batch, height and width) or RWKV-SAM (encoder and prompt decoder) to ONNX, and
+check the export in onnxruntime.
 
     python tools/export_onnx.py vrwkv_tiny_patch16_224 --out vrwkv_t.onnx [--checkpoint CKPT]
         [--num-classes N] [--features-only] [--img-size 224] [--check 224 320x256 512] [--opset 18]
     python tools/export_onnx.py configs/classification/vrwkv_toy_shapes.py --checkpoint epoch_18.pth
         --out toy.onnx --img-size 32 --check 32 64x48
+    python tools/export_onnx.py rwkv_sam_tiny --checkpoint CKPT --out encoder.onnx --decoder-out decoder.onnx
+        [--img-size 1024] [--check-image photo.png]
+    python tools/export_onnx.py configs/sam/rwkv_sam_tiny_toy_shapes.py --checkpoint epoch_12.pth
+        --out encoder.onnx --decoder-out decoder.onnx
     python tools/export_onnx.py --info vrwkv_t.onnx
 
-MODEL is a timm model name (``--checkpoint``: timm, official Vision-RWKV or train.py weights) or a
-classification config (its model with the checkpoint train.py wrote). ``--check`` compares onnxruntime's outputs
-with PyTorch's float32 ones at each size and fails (exit code 1) above ``--tol`` relative error. Needs the
-``deploy`` extra: ``pip install -e ".[deploy]"``. Python: ``vision_rwkv.deploy.export_onnx``.
+MODEL is a timm model name (``--checkpoint``: timm, official Vision-RWKV or train.py weights), a
+classification config (its model with the checkpoint train.py wrote), ``rwkv_sam_<variant>`` (``tiny``, ``small``,
+``base``, ``*_v6``) or an RWKV-SAM config. For backbones, ``--check`` compares onnxruntime's outputs with PyTorch's
+float32 ones at each size; for RWKV-SAM the masks of a point, a box and three points on ``--check-image``
+(default: scikit-image's astronaut) are compared with ``RWKVSamPredictor``'s. Either fails (exit code 1) above
+``--tol`` relative error. Needs the ``deploy`` extra: ``pip install -e ".[deploy]"``. Python:
+``vision_rwkv.deploy.export_onnx`` and ``export_sam_onnx``.
 """
 import argparse
 import ast
 import json
+import os
 
 from vision_rwkv.cli import add_debug_flag, run_tool
 from vision_rwkv.errors import ConfigError, ExportError
@@ -47,14 +56,18 @@ def parse_model_kwargs(items):
 def parse_args():
     parser = argparse.ArgumentParser(description='Export a VRWKV backbone to ONNX and check it in onnxruntime')
     parser.add_argument('model', nargs='?', help='timm model name or classification config file')
-    parser.add_argument('--out', help='.onnx file to write')
+    parser.add_argument('--out', help='.onnx file to write (RWKV-SAM: the image encoder)')
+    parser.add_argument('--decoder-out', help='RWKV-SAM: the prompt decoder\'s .onnx file')
+    parser.add_argument('--check-image', help='RWKV-SAM: the photo of the mask check (default: scikit-image\'s '
+                        'astronaut)')
     parser.add_argument('--checkpoint', help='weights to load (read with weights_only=True)')
     parser.add_argument('--num-classes', type=int, help='classifier outputs (timm model names only)')
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
                         help='further model arguments, as timm\'s train.py (e.g. depth=6 wkv_mode=cross)')
     parser.add_argument('--features-only', action='store_true',
                         help='export the feature maps (timm features_only) instead of the classifier')
-    parser.add_argument('--img-size', type=parse_size, help='traced input size (default: the model\'s)')
+    parser.add_argument('--img-size', type=parse_size, help='traced input size (default: the model\'s; RWKV-SAM: '
+                        'the square input side, default 1024 or the config\'s)')
     parser.add_argument('--check', type=parse_size, nargs='*', default=None,
                         help='sizes to compare with PyTorch in onnxruntime (default: the traced size, 1.5x and 2x it)')
     parser.add_argument('--tol', type=float, default=1e-4, help='largest relative error --check accepts')
@@ -64,7 +77,17 @@ def parse_args():
     args = parser.parse_args()
     if args.info is None and (args.model is None or args.out is None):
         parser.error('give MODEL and --out (or --info FILE)')
+    if args.info is None and is_sam(args.model) != (args.decoder_out is not None):
+        parser.error('RWKV-SAM models take --out ENCODER and --decoder-out DECODER; backbones take --out alone')
     return args
+
+
+def is_sam(model: str) -> bool:
+    """Whether MODEL names RWKV-SAM: ``rwkv_sam_<variant>`` or a config of ``RWKVSamTrainer``."""
+    if model.endswith('.py'):
+        from mmengine.config import Config
+        return Config.fromfile(model).model.get('type') == 'RWKVSamTrainer'
+    return model.startswith('rwkv_sam_')
 
 
 def build_model(args):
@@ -101,12 +124,70 @@ def _model_from_config(args, kwargs):
     return classifier.model
 
 
+def build_sam(args):
+    """The RWKV-SAM of ``rwkv_sam_<variant>`` or of a config, with ``--checkpoint`` loaded."""
+    from vision_rwkv.sam import build_rwkv_sam
+    if args.features_only or args.num_classes is not None:
+        raise ExportError('--features-only and --num-classes apply to backbones, not to RWKV-SAM')
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    img_size = 1024
+    if args.model.endswith('.py'):
+        from mmengine.config import Config
+        model = Config.fromfile(args.model).model
+        variant, img_size = model.get('variant', 'tiny'), model.get('img_size', img_size)
+        kwargs = dict(model.get('encoder', {}), wkv_mode=model.get('wkv_mode', 'raster'), **kwargs)
+    else:
+        variant = args.model[len('rwkv_sam_'):]
+    if args.img_size is not None:
+        if args.img_size[0] != args.img_size[1]:
+            raise ExportError(f'RWKV-SAM takes square inputs: --img-size {args.img_size[0]}, not '
+                              f'{args.img_size[0]}x{args.img_size[1]}')
+        img_size = args.img_size[0]
+    return build_rwkv_sam(variant, args.checkpoint, img_size, **kwargs)
+
+
+def check_image(path):
+    """(H, W, 3) uint8 RGB of ``--check-image``, or scikit-image's astronaut."""
+    if path is None:
+        try:
+            from skimage import data
+        except ImportError:
+            raise ExportError('the RWKV-SAM check needs a photo: pass --check-image or install scikit-image') from None
+        return data.astronaut()
+    import cv2
+    from vision_rwkv_runtime.errors import CorruptImageError, InputFileError
+    if not os.path.isfile(path):
+        raise InputFileError(f'--check-image {path} does not exist')
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise CorruptImageError(f'{path}: not a readable image')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def export_sam(args) -> int:
+    from vision_rwkv.deploy import DEFAULT_OPSET, check_sam_onnx, export_sam_onnx, onnx_metadata
+    sam = build_sam(args)
+    image = check_image(args.check_image)
+    paths = export_sam_onnx(sam, args.out, args.decoder_out, opset=args.opset or DEFAULT_OPSET)
+    for path in paths:
+        print(f'{path}: ' + json.dumps(onnx_metadata(path)), flush=True)
+    worst = 0.0
+    for row in check_sam_onnx(sam, *paths, image):
+        worst = max(worst, row['logits_rel_err'])
+        print(f"check {row['prompt']} ({'multimask' if row['multimask'] else 'single mask'}): mask logits relative "
+              f"error {row['logits_rel_err']:.2e} (tolerance {args.tol:.0e}), {row['mask_mismatch']} of "
+              f"{row['mask_pixels']} mask pixels differ", flush=True)
+    return 1 if worst > args.tol else 0
+
+
 def main():
     args = parse_args()
     from vision_rwkv.deploy import DEFAULT_OPSET, check_onnx, export_onnx, onnx_metadata, patch_embed_of
     if args.info:
         print(json.dumps(onnx_metadata(args.info), indent=1))
         return 0
+    if args.decoder_out is not None:
+        return export_sam(args)
     if args.features_only and args.num_classes is not None:
         raise ExportError('--features-only exports feature maps: --num-classes does not apply')
     model = build_model(args)

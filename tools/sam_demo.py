@@ -2,11 +2,15 @@
 
     python tools/sam_demo.py --image IMG [--checkpoint CKPT] [--point x,y[,label] ...]
         [--box x0,y0,x1,y1] [--auto] --out out.png [--config CONFIG] [--multimask]
+    python tools/sam_demo.py --onnx ENCODER DECODER --image IMG [--point ...] [--box ...] --out out.png
 
 The architecture comes from ``--config`` (default: the toy config). Without ``--checkpoint`` the
 config's last checkpoint is used, and trained first with ``tools/train.py`` if there is none
 (about 13 minutes on a 2-core CPU), so a newcomer sees real masks. Points are pixel coordinates
 with label 1 (foreground, default) or 0 (background); ``--auto`` segments everything.
+
+``--onnx`` runs the two files ``tools/export_onnx.py --sam`` writes in onnxruntime, through
+``vision_rwkv_runtime`` (no torch import on that path): the same masks and the same overlay as the PyTorch model.
 """
 import argparse
 import os.path as osp
@@ -15,14 +19,11 @@ import sys
 
 import cv2
 import numpy as np
-from mmengine.config import Config
 
-from vision_rwkv.data.image_folder import CorruptImageError
-from vision_rwkv.cli import add_debug_flag, run_tool
-from vision_rwkv.engine.checkpoint import atomic_write
-from vision_rwkv.errors import InputFileError, UserError
-from vision_rwkv.sam import RWKVSamAutomaticMaskGenerator, RWKVSamPredictor, build_rwkv_sam
-from vision_rwkv.sam.predictor import to_rgb_uint8
+from vision_rwkv_runtime.cli import add_debug_flag, run_tool
+from vision_rwkv_runtime.errors import CorruptImageError, InputFileError, UserError
+from vision_rwkv_runtime.files import atomic_write
+from vision_rwkv_runtime.image import to_rgb_uint8
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_CONFIG = osp.join(ROOT, 'configs', 'sam', 'rwkv_sam_tiny_toy_shapes.py')
@@ -44,6 +45,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description='Prompt RWKV-SAM and write an overlay PNG')
     parser.add_argument('--image', required=True, help='image file (any PIL/OpenCV format)')
     parser.add_argument('--checkpoint', help='weights; default: the config\'s last checkpoint (trained if absent)')
+    parser.add_argument('--onnx', nargs=2, metavar=('ENCODER', 'DECODER'),
+                        help='run exported files in onnxruntime instead (tools/export_onnx.py --sam), without torch')
     parser.add_argument('--config', default=TOY_CONFIG, help='training config that defines the model')
     parser.add_argument('--point', action='append', default=[], type=lambda t: numbers(t, (2, 3), '--point'),
                         help='x,y[,label] (label 1 foreground, 0 background); repeatable')
@@ -59,6 +62,8 @@ def parse_args():
         parser.error(f'--out {args.out} must end in .png')
     if not (args.point or args.box or args.auto):
         parser.error('give a prompt (--point and/or --box) or --auto')
+    if args.onnx and (args.auto or args.checkpoint):
+        parser.error('--onnx runs the exported files on prompts: --auto and --checkpoint need the PyTorch model')
     return args
 
 
@@ -75,6 +80,9 @@ def read_image(path: str) -> np.ndarray:
 
 
 def model_from_config(config: str, checkpoint: str):
+    from mmengine.config import Config
+
+    from vision_rwkv.sam import build_rwkv_sam
     model = Config.fromfile(config).model
     return build_rwkv_sam(model.get('variant', 'tiny'), checkpoint, model.get('img_size', 1024),
                           model.get('wkv_mode', 'raster'), **model.get('encoder', {}))
@@ -114,30 +122,45 @@ def draw(image: np.ndarray, masks: list, points: list, box) -> np.ndarray:
     return canvas
 
 
+def predictor_of(args):
+    """The onnxruntime predictor of ``--onnx``, or the PyTorch one of ``--config`` / ``--checkpoint``."""
+    if args.onnx:
+        from vision_rwkv_runtime import OnnxSamPredictor
+        return OnnxSamPredictor(*args.onnx)
+    from vision_rwkv.sam import RWKVSamPredictor
+    return RWKVSamPredictor(model_from_config(args.config, args.checkpoint or default_checkpoint(args.config)))
+
+
+def segment_everything(args, image: np.ndarray) -> list:
+    from vision_rwkv.sam import RWKVSamAutomaticMaskGenerator
+    sam = model_from_config(args.config, args.checkpoint or default_checkpoint(args.config))
+    records = RWKVSamAutomaticMaskGenerator(sam, points_per_side=16, pred_iou_thresh=args.iou_thresh,
+                                            stability_score_thresh=0.8).generate(image)
+    print(f'{len(records)} masks; predicted IoU: ' + ' '.join(f'{r["predicted_iou"]:.2f}' for r in records))
+    return [r['segmentation'] for r in records]
+
+
+def segment_prompts(args, image: np.ndarray, points: list) -> list:
+    predictor = predictor_of(args)
+    predictor.set_image(image)
+    coords = np.array([p[:2] for p in points]) if points else None
+    labels = np.array([p[2] for p in points]) if points else None
+    multimask = args.multimask or (len(points) == 1 and args.box is None)
+    masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=args.box,
+                                         multimask_output=multimask)
+    if not args.multimask:
+        best = int(scores.argmax())
+        masks, scores = masks[best:best + 1], scores[best:best + 1]
+    print('predicted IoU: ' + ' '.join(f'{s:.3f}' for s in scores))
+    return list(masks)
+
+
 def main():
     args = parse_args()
     image = read_image(args.image)
-    checkpoint = args.checkpoint or default_checkpoint(args.config)
-    sam = model_from_config(args.config, checkpoint)
     points = [(p[0], p[1], int(p[2]) if len(p) == 3 else 1) for p in args.point]
-    if args.auto:
-        records = RWKVSamAutomaticMaskGenerator(sam, points_per_side=16, pred_iou_thresh=args.iou_thresh,
-                                                stability_score_thresh=0.8).generate(image)
-        masks = [r['segmentation'] for r in records]
-        print(f'{len(records)} masks; predicted IoU: ' + ' '.join(f'{r["predicted_iou"]:.2f}' for r in records))
-    else:
-        predictor = RWKVSamPredictor(sam)
-        predictor.set_image(image)
-        coords = np.array([p[:2] for p in points]) if points else None
-        labels = np.array([p[2] for p in points]) if points else None
-        multimask = args.multimask or (len(points) == 1 and args.box is None)
-        masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=args.box,
-                                             multimask_output=multimask)
-        if not args.multimask:
-            best = int(scores.argmax())
-            masks, scores = masks[best:best + 1], scores[best:best + 1]
-        print('predicted IoU: ' + ' '.join(f'{s:.3f}' for s in scores))
-    ok, png = cv2.imencode('.png', draw(to_rgb_uint8(image), list(masks), points, args.box))
+    masks = segment_everything(args, image) if args.auto else segment_prompts(args, image, points)
+    ok, png = cv2.imencode('.png', draw(to_rgb_uint8(image), masks, points, args.box))
     if not ok:
         raise ValueError(f'OpenCV could not encode {args.out}')
     atomic_write(png.tobytes(), args.out)

@@ -6,7 +6,7 @@ traceback (``--debug`` shows the traceback of user errors too). Each class also 
 exception that library callers would catch (``ValueError``, ``FileNotFoundError``, ...).
 """
 
-__all__ = ['CheckpointError', 'ConfigError', 'ExportError', 'InputError', 'InputFileError', 'OutputExistsError',
+__all__ = ['CheckpointError', 'ConfigError', 'CorruptImageError', 'ExportError', 'InputError', 'InputFileError', 'OutputExistsError',
            'UserError']
 
 
@@ -37,3 +37,7 @@ class InputError(UserError, ValueError):
 
 class ExportError(UserError, ValueError):
     """A model (or a mode of it) that cannot be exported as asked, or an export file that does not fit."""
+
+
+class CorruptImageError(UserError, OSError):
+    """An image file cannot be decoded; the message names the file."""

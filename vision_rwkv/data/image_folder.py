@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import UserError
+from ..errors import CorruptImageError, UserError
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 logger = logging.getLogger(__name__)
@@ -18,10 +18,6 @@ logger = logging.getLogger(__name__)
 class DatasetError(UserError, ValueError):
     """A data set is unusable (missing, empty class, mismatched classes; raised before training), or the
     parameters asked of a data set generator are invalid."""
-
-
-class CorruptImageError(UserError, OSError):
-    """An image file cannot be decoded; the message names the file."""
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:

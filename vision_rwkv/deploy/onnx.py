@@ -9,6 +9,7 @@ The exporter is torch's ``torch.export``-based one (``torch.onnx.export(..., dyn
 float64, no loop, O(T) memory), so one graph serves every input size. The Triton and chunked training paths are
 not touched; VRWKV6's ``bi_wkv6`` carries its states across chunks with an ONNX ``Scan`` (``kernels.wkv6_export``).
 """
+import hashlib
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -21,7 +22,7 @@ from vision_rwkv.kernels.wkv6_torch import CHUNK as WKV6_CHUNK
 from vision_rwkv_runtime.onnx import onnx_metadata, onnx_session, relative_error, require
 
 __all__ = ['DEFAULT_OPSET', 'check_onnx', 'export_graph', 'export_onnx', 'onnx_metadata', 'onnx_session',
-           'patch_embed_of', 'relative_error']
+           'patch_embed_of', 'relative_error', 'state_fingerprint']
 
 #: ONNX opset of the exports (``CumSum``, ``LayerNormalization`` and ``Resize``'s cubic mode need >= 17).
 DEFAULT_OPSET = 18
@@ -50,6 +51,16 @@ def _check_exportable(model: nn.Module) -> Tuple[int, int]:
         raise ExportError('the model accepts only its img_size: create it with dynamic_img_size=True to export a '
                           'graph for every input size')
     return patch_embed.patch_size[0], patch_embed.projection.in_channels
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """SHA-256 (hex, 16 digits) of the names and values of ``module``'s state dict: exports write it into their
+    metadata, so that files of one model can be told from files of another."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _output_names(outputs) -> List[str]:
@@ -90,8 +101,9 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], img_size: Union
     grid_w = torch.export.Dim('grid_w', min=2, max=MAX_GRID)
     with torch.no_grad():
         names = _output_names(model(example))
+    metadata = {'vision_rwkv.kind': 'vrwkv_backbone', 'vision_rwkv.fingerprint': state_fingerprint(model)}
     return export_graph(model, (example,), path, [input_name], names,
-                        ({0: batch, 2: patch * grid_h, 3: patch * grid_w},), opset, optimize)
+                        ({0: batch, 2: patch * grid_h, 3: patch * grid_w},), opset, optimize, metadata)
 
 
 def export_graph(module: nn.Module, args: Tuple[torch.Tensor, ...], path: Union[str, os.PathLike],

@@ -28,7 +28,6 @@ Both files carry metadata (``vision_rwkv.*`` keys, ``onnx_metadata``): the kind,
 and std, and a fingerprint of the weights, so that the runtime (``vision_rwkv_runtime.sam``) refuses an encoder
 and a decoder of different models.
 """
-import hashlib
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -45,22 +44,12 @@ from vision_rwkv_runtime.onnx import relative_error
 from vision_rwkv_runtime.sam import (DECODER_INPUTS, DECODER_KIND, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_KIND,
                                      ENCODER_OUTPUTS, OnnxSamPredictor)
 
-from .onnx import DEFAULT_OPSET, export_graph
+from .onnx import DEFAULT_OPSET, export_graph, state_fingerprint
 
-__all__ = ['SamOnnxDecoder', 'SamOnnxEncoder', 'check_sam_onnx', 'default_prompts', 'export_sam_onnx',
-           'sam_fingerprint']
+__all__ = ['SamOnnxDecoder', 'SamOnnxEncoder', 'check_sam_onnx', 'default_prompts', 'export_sam_onnx']
 
 #: Most points a decoder call takes (the graph's declared bound on ``num_points``).
 MAX_POINTS = 1024
-
-
-def sam_fingerprint(sam: RWKVSam) -> str:
-    """SHA-256 (hex, 16 digits) of all weights and buffers of ``sam``, in state-dict order."""
-    digest = hashlib.sha256()
-    for name, tensor in sam.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class SamOnnxEncoder(nn.Module):
@@ -128,7 +117,7 @@ class SamOnnxDecoder(nn.Module):
 def _metadata(sam: RWKVSam, kind: str) -> Dict[str, str]:
     encoder = sam.image_encoder
     return {'vision_rwkv.kind': kind, 'vision_rwkv.img_size': str(encoder.img_size),
-            'vision_rwkv.fingerprint': sam_fingerprint(sam),
+            'vision_rwkv.fingerprint': state_fingerprint(sam),
             'vision_rwkv.architecture': f'dim {encoder.embed_dim}, {len(encoder.blocks)} RWKV blocks'}
 
 
