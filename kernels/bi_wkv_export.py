@@ -51,8 +51,8 @@ def _shift_right(x: torch.Tensor, dim: int) -> torch.Tensor:
 def _decayed_prefix(x: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
     """Σ_{i<t} e^{-(t-1-i)w} x_i along ``dim`` (negative; the axes after it broadcast with w (C,))."""
     p = _positions(x.shape[dim], x).reshape((-1,) + (1,) * (-dim - 1))
-    terms = x * torch.exp((p + 1) * w)
-    return torch.exp(-p * w) * torch.cumsum(_shift_right(terms, dim), dim)
+    scale = torch.exp(p * w)  # the same (T, C) factor for every call on one sequence: the graph computes it once
+    return torch.cumsum(_shift_right(x * (scale * torch.exp(w)), dim), dim) / scale
 
 
 def _decayed_suffix(x: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:

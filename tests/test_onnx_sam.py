@@ -22,20 +22,23 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = osp.join(ROOT, 'configs', 'sam', 'rwkv_sam_tiny_toy_shapes.py')
 DEMO = osp.join(ROOT, 'tools', 'sam_demo.py')
 
-pytestmark = pytest.mark.slow  # one export of the toy architecture (about a minute), then subprocesses
+pytestmark = pytest.mark.slow  # one export of a toy model (about 30 s), then subprocesses
 
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    """The toy architecture (img_size 128, 4 RWKV blocks) with random weights: the model, its train.py-style
-    checkpoint and its two ONNX files."""
-    cfg = Config.fromfile(TOY).model
+    """The toy config's architecture with 2 RWKV blocks (img_size 128) and random weights: the model, its config
+    and train.py-style checkpoint, and its two ONNX files (without the graph optimizer, a third of the export
+    time; the tool's test below runs it)."""
+    folder = tmp_path_factory.mktemp('sam_onnx')
+    config = folder / 'toy_2_blocks.py'
+    config.write_text(f'_base_ = [{TOY!r}]\nmodel = dict(encoder=dict(depth=2))\n')
+    cfg = Config.fromfile(str(config)).model
     torch.manual_seed(0)
     sam = build_rwkv_sam(cfg.variant, img_size=cfg.img_size, **cfg.encoder)
-    folder = tmp_path_factory.mktemp('sam_onnx')
     torch.save({'state_dict': {f'sam.{k}': v for k, v in sam.state_dict().items()}}, folder / 'toy.pth')
-    encoder, decoder = export_sam_onnx(sam, folder / 'encoder.onnx', folder / 'decoder.onnx')
-    return sam, folder / 'toy.pth', encoder, decoder
+    encoder, decoder = export_sam_onnx(sam, folder / 'encoder.onnx', folder / 'decoder.onnx', optimize=False)
+    return sam, (config, folder / 'toy.pth'), encoder, decoder
 
 
 def photo(tmp_path, name='coffee'):
@@ -142,13 +145,13 @@ def run_without_torch(*args):
 
 
 def test_onnx_demo_runs_without_torch_and_draws_the_same_overlay(exported, tmp_path):
-    _, checkpoint, encoder, decoder = exported
+    _, (config, checkpoint), encoder, decoder = exported
     image = photo(tmp_path)
     prompt = ['--point', '300,200', '--point', '80,350,0', '--box', '150,100,450,330']
     onnx_run = run_without_torch('--onnx', encoder, decoder, '--image', image, *prompt, '--out', tmp_path / 'onnx.png')
     assert onnx_run.returncode == 0, onnx_run.stderr[-2000:]
-    torch_run = subprocess.run([sys.executable, DEMO, '--checkpoint', checkpoint, '--image', image, *prompt,
-                                '--out', tmp_path / 'torch.png'], capture_output=True, text=True, timeout=300)
+    torch_run = subprocess.run([sys.executable, DEMO, '--config', config, '--checkpoint', checkpoint, '--image', image,
+                                *prompt, '--out', tmp_path / 'torch.png'], capture_output=True, text=True, timeout=300)
     assert torch_run.returncode == 0, torch_run.stderr[-2000:]
     assert onnx_run.stdout.splitlines()[0] == torch_run.stdout.splitlines()[0]  # predicted IoU, 3 decimals
     onnx_png, torch_png = cv2.imread(str(tmp_path / 'onnx.png')), cv2.imread(str(tmp_path / 'torch.png'))

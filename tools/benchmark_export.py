@@ -9,11 +9,12 @@ Rows (random weights, seed 0, float32, batch 1):
 - the same decoder on the toy model (img_size 128, 4 RWKV blocks: ``configs/sam/rwkv_sam_tiny_toy_shapes.py``).
 
 Each latency is the median of repeated calls after a warm-up (``benchmark.measure``); each row also reports the
-relative error of onnxruntime's output against PyTorch's. The exports are written to ``--work-dir`` and reused when
-their weights fingerprint matches (exporting VRWKV-T and the SAM encoder takes minutes).
+relative error of onnxruntime's output against PyTorch's. The exports are written to ``--work-dir``; ``--reuse``
+times the files found there instead when their weights fingerprint matches (to re-time without re-exporting; the
+fingerprint does not see changes to the export code).
 
 Usage: python tools/benchmark_export.py [--out benchmark_results/export.json] [--threads 2]
-           [--work-dir work_dirs/benchmark_export] [--quick]
+           [--work-dir work_dirs/benchmark_export] [--reuse] [--quick]
 """
 import argparse
 from pathlib import Path
@@ -38,11 +39,11 @@ def photo() -> np.ndarray:
     return data.astronaut()
 
 
-def fresh(paths: List[Path], model: torch.nn.Module, export: Callable[[], None]) -> None:
-    """Run ``export`` (which writes ``paths``) unless every path holds ``model``'s weights already."""
+def fresh(paths: List[Path], model: torch.nn.Module, export: Callable[[], None], reuse: bool) -> None:
+    """Run ``export`` (which writes ``paths``) unless ``reuse`` and every path holds ``model``'s weights already."""
     fingerprint = state_fingerprint(model)
-    if not all(p.is_file() and onnx_metadata(p)['metadata'].get('vision_rwkv.fingerprint') == fingerprint
-               for p in paths):
+    if not reuse or not all(p.is_file() and onnx_metadata(p)['metadata'].get('vision_rwkv.fingerprint') == fingerprint
+                            for p in paths):
         print(f'exporting {", ".join(map(str, paths))} (minutes)', flush=True)
         export()
 
@@ -52,11 +53,11 @@ def row(model: str, what: str, size: str, eager_ms: float, ort_ms: float, rel_er
                 speedup=eager_ms / ort_ms, rel_err=rel_err)
 
 
-def bench_backbone(work_dir: Path, threads: int, sizes: List[int], reps: int) -> List[Dict]:
+def bench_backbone(work_dir: Path, threads: int, sizes: List[int], reps: int, reuse: bool) -> List[Dict]:
     torch.manual_seed(0)
     model = timm.create_model('vrwkv_tiny_patch16_224', dynamic_img_size=True).eval()
     path = work_dir / 'vrwkv_t.onnx'
-    fresh([path], model, lambda: export_onnx(model, path, img_size=224))
+    fresh([path], model, lambda: export_onnx(model, path, img_size=224), reuse)
     session = onnx_session(path, threads)
     rows = []
     for size in sizes:
@@ -71,15 +72,16 @@ def bench_backbone(work_dir: Path, threads: int, sizes: List[int], reps: int) ->
     return rows
 
 
-def sam_pair(sam, work_dir: Path, slug: str, threads: int) -> Tuple[RWKVSamPredictor, OnnxSamPredictor]:
+def sam_pair(sam, work_dir: Path, slug: str, threads: int,
+             reuse: bool) -> Tuple[RWKVSamPredictor, OnnxSamPredictor]:
     """The PyTorch and the onnxruntime predictor of ``sam`` (exported to ``work_dir/<slug>_{encoder,decoder}.onnx``)."""
     encoder, decoder = work_dir / f'{slug}_encoder.onnx', work_dir / f'{slug}_decoder.onnx'
-    fresh([encoder, decoder], sam, lambda: export_sam_onnx(sam, encoder, decoder))
+    fresh([encoder, decoder], sam, lambda: export_sam_onnx(sam, encoder, decoder), reuse)
     return RWKVSamPredictor(sam), OnnxSamPredictor(encoder, decoder, threads)
 
 
-def bench_sam(name: str, slug: str, sam, work_dir: Path, threads: int, reps: int) -> List[Dict]:
-    eager, ort = sam_pair(sam, work_dir, slug, threads)
+def bench_sam(name: str, slug: str, sam, work_dir: Path, threads: int, reps: int, reuse: bool) -> List[Dict]:
+    eager, ort = sam_pair(sam, work_dir, slug, threads, reuse)
     image = photo()
     size = f'{sam.image_encoder.img_size}²'
     rows = []
@@ -103,6 +105,7 @@ def main():
     parser.add_argument('--out', default='benchmark_results/export.json')
     parser.add_argument('--work-dir', default='work_dirs/benchmark_export', help='exported files, reused')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='threads of both runtimes')
+    parser.add_argument('--reuse', action='store_true', help='time the files of an earlier run (same weights)')
     parser.add_argument('--quick', action='store_true', help='small models and sizes (a smoke test)')
     add_debug_flag(parser)
     args = parser.parse_args()
@@ -113,13 +116,13 @@ def main():
     torch.manual_seed(0)
     rows = []
     if not args.quick:
-        rows += bench_backbone(work_dir, args.threads, [224, 448], reps)
+        rows += bench_backbone(work_dir, args.threads, [224, 448], reps, args.reuse)
         torch.manual_seed(0)
         rows += bench_sam('RWKV-SAM tiny', 'sam_tiny', build_rwkv_sam('tiny', img_size=1024), work_dir,
-                          args.threads, reps)
+                          args.threads, reps, args.reuse)
     torch.manual_seed(0)
     rows += bench_sam('RWKV-SAM toy (tiny, 4 blocks)', 'sam_toy', build_rwkv_sam('tiny', img_size=128, depth=4),
-                      work_dir, args.threads, reps)
+                      work_dir, args.threads, reps, args.reuse)
     report({'machine': dict(machine_info(), onnxruntime=__import__('onnxruntime').__version__),
             'onnxruntime_vs_eager': rows}, args.out)
 

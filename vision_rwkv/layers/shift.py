@@ -2,6 +2,7 @@
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from timm.models import register_notrace_function
 
 
@@ -41,23 +42,21 @@ def _groups(C: int, gamma: float, transpose: bool) -> Tuple[slice, slice, slice,
 
 def _shift(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int, gamma: float,
            head_size: Optional[int] = None) -> torch.Tensor:
-    """The Q-Shift map of ``q_shift`` (``head_size`` None) or ``q_shift_multihead``, without checks."""
+    """The Q-Shift map of ``q_shift`` (``head_size`` None) or ``q_shift_multihead``, without checks.
+
+    Each group is a zero-padded slice and the groups are concatenated: slice assignment into an empty tensor
+    would export to ONNX as ScatterND nodes wrapped in Transposes, which made up half of onnxruntime's time.
+    """
     H, W = grid
     s = shift_pixel
-    x5 = _heads_view(x, grid, head_size)
+    x5 = _heads_view(x, grid, head_size)  # (B, H, W, heads, head_size); F.pad pads the last dims first
     from_left, from_right, from_up, from_down = _groups(x5.shape[-1], gamma, transpose=False)
-    out = torch.empty_like(x5)
-    out[:, :, s:, :, from_left] = x5[:, :, :W - s, :, from_left]
-    out[:, :, :s, :, from_left] = 0
-    out[:, :, :W - s, :, from_right] = x5[:, :, s:, :, from_right]
-    out[:, :, W - s:, :, from_right] = 0
-    out[:, s:, :, :, from_up] = x5[:, :H - s, :, :, from_up]
-    out[:, :s, :, :, from_up] = 0
-    out[:, :H - s, :, :, from_down] = x5[:, s:, :, :, from_down]
-    out[:, H - s:, :, :, from_down] = 0
-    rest = from_down.stop
-    out[..., rest:] = x5[..., rest:]
-    return out.view(x.shape)
+    groups = [F.pad(x5[:, :, :W - s, :, from_left], (0, 0, 0, 0, s, 0)),
+              F.pad(x5[:, :, s:, :, from_right], (0, 0, 0, 0, 0, s)),
+              F.pad(x5[:, :H - s, :, :, from_up], (0, 0, 0, 0, 0, 0, s, 0)),
+              F.pad(x5[:, s:, :, :, from_down], (0, 0, 0, 0, 0, 0, 0, s)),
+              x5[..., from_down.stop:]]
+    return torch.cat(groups, dim=-1).view(x.shape)
 
 
 def _add_transposed_shift_(out: torch.Tensor, x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int,
@@ -174,5 +173,6 @@ def shift_mix(
     _check_shift(x, grid, gamma, head_size)
     if torch.compiler.is_compiling():  # dynamo cannot trace _ShiftMix; the compiler fuses the plain form
         xx = _shift(x, grid, shift_pixel, gamma, head_size)
-        return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)
+        diff = x - xx  # lerp's formula written out: ONNX has no Lerp, and its decomposition selects with Where
+        return tuple(xx + m.to(x.dtype) * diff for m in mixes)
     return _ShiftMix.apply(x, tuple(grid), shift_pixel, gamma, head_size, *mixes)
