@@ -6,6 +6,8 @@ Rows (random weights, seed 0, float32, batch 1):
   ``OnnxSamPredictor.set_image``, which also computes the image-only part of the decoder's fusion);
 - the RWKV-SAM tiny decoder per prompt at 1024 (one point, three masks, upscaled to the 512×512 photo): eager
   ``RWKVSamPredictor.predict`` against ``OnnxSamPredictor.predict``;
+- segment-anything's own decoder at 1024 for reference: its ``SamOnnxModel`` (exported with the TorchScript exporter,
+  as its ``scripts/export_onnx_model.py`` does), eager against onnxruntime, same prompt and output size;
 - the same decoder on the toy model (img_size 128, 4 RWKV blocks: ``configs/sam/rwkv_sam_tiny_toy_shapes.py``).
 
 Each latency is the median of repeated calls after a warm-up (``benchmark.measure``); each row also reports the
@@ -100,6 +102,31 @@ def bench_sam(name: str, slug: str, sam, work_dir: Path, threads: int, reps: int
     return rows
 
 
+def bench_sam_reference_decoder(work_dir: Path, threads: int, reps: int) -> List[Dict]:
+    """segment-anything's ``SamOnnxModel`` (ViT-B SAM, random weights; the decoder is the same in every SAM) at a
+    64x64 embedding: one point and its padding point, four masks upscaled to 512x512."""
+    from segment_anything import sam_model_registry
+    from segment_anything.utils.onnx import SamOnnxModel
+
+    torch.manual_seed(0)
+    model = SamOnnxModel(sam_model_registry['vit_b'](), return_single_mask=False).eval()
+    names = ['image_embeddings', 'point_coords', 'point_labels', 'mask_input', 'has_mask_input', 'orig_im_size']
+    inputs = (torch.randn(1, 256, 64, 64), torch.tensor([[[512.0, 400.0], [0.0, 0.0]]]), torch.tensor([[1.0, -1.0]]),
+              torch.zeros(1, 1, 256, 256), torch.zeros(1), torch.tensor([512.0, 512.0]))
+    path = work_dir / 'segment_anything_decoder.onnx'
+    torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=17, input_names=names,
+                      output_names=['masks', 'iou_predictions', 'low_res_masks'],
+                      dynamic_axes={'point_coords': {1: 'num_points'}, 'point_labels': {1: 'num_points'}})
+    session = onnx_session(path, threads)
+    feed = {name: x.numpy() for name, x in zip(names, inputs)}
+    with torch.inference_mode():
+        ref = model(*inputs)[0].numpy()
+        eager = measure(lambda: model(*inputs), max_reps=reps)
+    ort = measure(lambda: session.run(None, feed), max_reps=reps)
+    return [row('segment-anything (reference)', 'decoder per prompt (SamOnnxModel)', '1024²', eager, ort,
+                relative_error(session.run(None, feed)[0], ref))]
+
+
 def main():
     parser = argparse.ArgumentParser(description='onnxruntime against PyTorch eager on the CPU')
     parser.add_argument('--out', default='benchmark_results/export.json')
@@ -120,6 +147,7 @@ def main():
         torch.manual_seed(0)
         rows += bench_sam('RWKV-SAM tiny', 'sam_tiny', build_rwkv_sam('tiny', img_size=1024), work_dir,
                           args.threads, reps, args.reuse)
+        rows += bench_sam_reference_decoder(work_dir, args.threads, reps)
     torch.manual_seed(0)
     rows += bench_sam('RWKV-SAM toy (tiny, 4 blocks)', 'sam_toy', build_rwkv_sam('tiny', img_size=128, depth=4),
                       work_dir, args.threads, reps, args.reuse)
