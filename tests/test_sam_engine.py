@@ -221,3 +221,94 @@ def test_correction_rounds_follow_their_probability(coco_root, correction_prob, 
     losses = model(batch['inputs'], batch['data_samples'], mode='loss')
     assert len(seen) == calls and seen == [False] + [True] * (calls - 1)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+class SameImage(CocoInstanceMasks):
+    """Every index is image 0: items differ only by their jitter."""
+
+    def _load(self, index):
+        return super()._load(0)
+
+
+def jitters(data, loader_kwargs):
+    loader = torch.utils.data.DataLoader(data, batch_size=1, collate_fn=pseudo_collate, **loader_kwargs)
+    return [batch['inputs'][0] for batch in loader]
+
+
+def test_jitter_differs_across_workers_ranks_and_epochs(coco_root, monkeypatch):
+    """One generator per (seed, rank, worker, worker start): a generator made in __init__ was copied into every
+    worker and rank, which then drew identical augmentations."""
+    data = SameImage(coco_root, 'annotations/instances_train.json', 'train', img_size=64, training=True,
+                     scale_range=(0.5, 1.5))
+    two_workers = jitters(data, dict(num_workers=2))  # item 0 from worker 0, item 1 from worker 1, ...
+    assert not torch.equal(two_workers[0], two_workers[1])
+    next_epoch = jitters(data, dict(num_workers=2))  # new workers, new torch seeds
+    assert not torch.equal(two_workers[0], next_epoch[0])
+    in_process = jitters(data, dict(num_workers=0))
+    assert not torch.equal(in_process[0], in_process[1])
+    other = SameImage(coco_root, 'annotations/instances_train.json', 'train', img_size=64, training=True,
+                      scale_range=(0.5, 1.5))
+    assert torch.equal(jitters(other, dict(num_workers=0))[0], in_process[0])  # same seed, same rank: same stream
+    monkeypatch.setattr('vision_rwkv.engine.sam_data.get_rank', lambda: 1)
+    rank_1 = SameImage(coco_root, 'annotations/instances_train.json', 'train', img_size=64, training=True,
+                       scale_range=(0.5, 1.5))
+    assert not torch.equal(jitters(rank_1, dict(num_workers=0))[0], in_process[0])
+
+
+def test_prompts_are_a_function_of_the_step_and_rank(coco_root, monkeypatch):
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('prompt_seed_test')  # the newest instance is the current one
+    model = RWKVSamTrainer(variant='tiny', img_size=64, encoder=dict(depth=1), max_instances=2)
+    batch = pseudo_collate([dataset(coco_root)[i] for i in range(2)])
+
+    def losses_at(iteration):
+        hub.update_info('iter', iteration)
+        with torch.no_grad():
+            return {k: v.item() for k, v in model(batch['inputs'], batch['data_samples'], mode='loss').items()}
+
+    first = losses_at(7)
+    losses_at(8)
+    assert losses_at(7) == first  # step 7 again, after other draws: the same prompts
+    assert losses_at(9) != first
+    monkeypatch.setattr('vision_rwkv.engine.sam.get_rank', lambda: 1)
+    assert losses_at(7) != first
+
+
+@pytest.mark.slow
+def test_resumed_training_draws_the_prompts_of_an_uninterrupted_run(tmp_path):
+    """Two epochs straight, and one epoch then a resume to two: the same weights at the end (no jitter, a
+    seeded sampler: the prompts are the only other randomness)."""
+    def config(name, epochs):
+        path = tmp_path / name
+        path.write_text(f'''
+_base_ = [{TOY!r}]
+data_root = {str(tmp_path / 'coco')!r}
+generate = {TINY_SET!r}
+model = dict(img_size=64, encoder=dict(depth=1), max_instances=2)
+train_dataloader = dict(batch_size=3, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, generate=generate, img_size=64, training=False))
+train_cfg = dict(max_epochs={epochs}, val_interval=10)
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=2)]
+default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+''')
+        return str(path)
+
+    def train(cfg, work, *extra):
+        out = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), cfg, '--work-dir', str(work), *extra],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+
+    train(config('two.py', 2), tmp_path / 'straight')
+    train(config('one.py', 1), tmp_path / 'resumed')
+    train(config('two.py', 2), tmp_path / 'resumed', '--resume')
+    load = lambda work: torch.load(work / 'epoch_2.pth', weights_only=True)['state_dict']
+    straight, resumed = load(tmp_path / 'straight'), load(tmp_path / 'resumed')
+    assert straight.keys() == resumed.keys()
+    for key in straight:  # the same float32 arithmetic in the same order: bitwise equal
+        assert torch.equal(straight[key], resumed[key]), key

@@ -21,7 +21,7 @@ from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 from mmseg.structures import SegDataSample
 from vision_rwkv.data import SEG_TOY_CLASSES, make_segmentation_set
 from vision_rwkv.data.image_folder import DatasetError
-from vision_rwkv.cli import _one_line
+from vision_rwkv_runtime.cli import _one_line
 from vision_rwkv.engine.launch import load_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -1,7 +1,7 @@
 """onnxruntime sessions and ONNX file metadata, with clear errors for missing packages and files."""
+import os
 from pathlib import Path
 from typing import Dict, Optional, Union
-import os
 
 import numpy as np
 

@@ -24,9 +24,9 @@ Outputs: ``masks`` (1, 4, H, W) logits at the original size (threshold at 0), ``
 ``low_res_masks`` (1, 4, S/4, S/4). Index 0 is the single-mask output, 1..3 the multimask outputs (as
 ``RWKVSamPredictor.predict`` with ``multimask_output`` False / True).
 
-Both files carry metadata (``vision_rwkv.*`` keys, ``onnx_metadata``): the kind, ``img_size``, the pixel mean
-and std, and a fingerprint of the weights, so that the runtime (``vision_rwkv_runtime.sam``) refuses an encoder
-and a decoder of different models.
+Both files carry metadata (``vision_rwkv.*`` keys, ``onnx_metadata``): the kind, ``img_size``, the architecture in
+words and a fingerprint of the weights, so that the runtime (``vision_rwkv_runtime.sam``) refuses an encoder and a
+decoder of different models.
 """
 import os
 from pathlib import Path
@@ -97,7 +97,7 @@ class SamOnnxDecoder(nn.Module):
         masks = F.interpolate(masks, (self.img_size, self.img_size), mode='bilinear', align_corners=False)
         size = orig_im_size.to(torch.float32)
         input_size = torch.floor(size * (self.img_size / size.max()) + 0.5).to(torch.int64)
-        h, w = input_size[0].item(), input_size[1].item()
+        h, w = input_size[0].item(), input_size[1].item()  # sizes read from data: torch.export needs their bounds
         torch._check(h <= self.img_size)
         torch._check(w <= self.img_size)
         masks = masks[..., :h, :w]
@@ -118,7 +118,8 @@ def _metadata(sam: RWKVSam, kind: str) -> Dict[str, str]:
     encoder = sam.image_encoder
     return {'vision_rwkv.kind': kind, 'vision_rwkv.img_size': str(encoder.img_size),
             'vision_rwkv.fingerprint': state_fingerprint(sam),
-            'vision_rwkv.architecture': f'dim {encoder.embed_dim}, {len(encoder.blocks)} RWKV blocks'}
+            'vision_rwkv.architecture': f'{len(encoder.blocks)} {type(encoder.blocks[0]).__name__} blocks of dim '
+                                        f'{encoder.embed_dim}'}
 
 
 def export_sam_onnx(sam: RWKVSam, encoder_path: Union[str, os.PathLike], decoder_path: Union[str, os.PathLike],

@@ -9,7 +9,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmengine.dist import get_rank
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from mmengine.registry import METRICS, MODELS
 
@@ -47,6 +49,8 @@ class RWKVSamTrainer(BaseModel):
         variant, img_size, checkpoint, wkv_mode: as ``build_rwkv_sam``.
         encoder: overrides of the encoder arguments (e.g. ``depth``).
         teacher: ``dict(model_type, checkpoint)`` of a SAM teacher, or None.
+        seed: seed of the prompt generator (``generator``); under a runner each training step re-seeds it from
+            (seed, rank, iteration), so that ranks draw different prompts and a resumed run the same ones.
     """
 
     def __init__(self, variant: str = 'tiny', img_size: int = 1024, checkpoint: Optional[str] = None,
@@ -61,7 +65,8 @@ class RWKVSamTrainer(BaseModel):
         self.max_instances, self.point_prob, self.max_points = max_instances, point_prob, max_points
         self.correction_rounds, self.correction_prob, self.box_noise = correction_rounds, correction_prob, box_noise
         self.weights = dict(focal=focal_weight, dice=dice_weight, iou=iou_weight, distill=distill_weight)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed + get_rank())
         # a plain attribute, not a submodule: never trained, saved or wrapped by DDP
         self.__dict__['teacher'] = build_sam_teacher(**teacher) if teacher is not None else None
 
@@ -184,6 +189,18 @@ class RWKVSamTrainer(BaseModel):
         return results
 
     # ---- mmengine interface ---------------------------------------------------------------------------
+    def _seed_prompts(self) -> None:
+        """Under a runner, re-seed ``generator`` from (seed, rank, iteration) before each training step.
+
+        The prompts of a step are then a function of the step: a run resumed from a checkpoint (which holds the
+        iteration) draws the same prompts as an uninterrupted one, and every rank draws its own. Outside a
+        runner (no iteration in mmengine's message hub) the generator runs on as seeded.
+        """
+        iteration = MessageHub.get_current_instance().get_info('iter')
+        if iteration is not None:
+            key = np.random.SeedSequence((self.seed, get_rank(), iteration)).generate_state(2, np.uint32)
+            self.generator.manual_seed(int(key[0]) << 32 | int(key[1]))
+
     def forward(self, inputs: List[torch.Tensor], data_samples: Optional[list] = None, mode: str = 'tensor'):
         """``inputs``: (3, h, w) uint8 images resized to the longest side ``img_size``; ``data_samples``:
         data elements with ``masks`` (N, h, w) bool. Modes: 'loss' (dict of losses), 'predict' (per-image IoUs),
@@ -193,6 +210,7 @@ class RWKVSamTrainer(BaseModel):
         if mode == 'tensor':
             return features
         if mode == 'loss':
+            self._seed_prompts()
             losses = self._losses(features, *self._instances(data_samples, self.max_instances))
             if self.teacher is not None:
                 losses['loss_distill'] = self.weights['distill'] * self._distill_loss(images, features.embedding)

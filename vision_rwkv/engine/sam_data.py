@@ -13,11 +13,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from mmengine.dist import barrier, get_local_rank
+from mmengine.dist import barrier, get_local_rank, get_rank
 from mmengine.registry import DATASETS
 from mmengine.structures import BaseDataElement
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from ..data.image_folder import DatasetError, load_rgb
 from ..sam.utils.transforms import ResizeLongestSide
@@ -68,14 +68,30 @@ class InstanceMasks(Dataset):
             a random crop) and horizontal flips.
         scale_range: jitter range (LSJ uses (0.1, 2.0)).
         min_area: instances with fewer visible pixels (after the transform) are dropped.
-        seed: seed of the jitter.
+        seed: seed of the jitter; each rank and DataLoader worker draws its own stream from it (``rng``).
     """
 
     def __init__(self, img_size: int = 1024, training: bool = False, scale_range: Sequence[float] = (0.1, 2.0),
                  min_area: int = 4, seed: int = 0):
         self.transform = ResizeLongestSide(img_size)
         self.img_size, self.training, self.scale_range, self.min_area = img_size, training, scale_range, min_area
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self._rng: Optional[np.random.Generator] = None
+        self._rng_key: Optional[tuple] = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The jitter's generator, seeded by (seed, rank, DataLoader worker id, the worker's torch seed).
+
+        A generator made in ``__init__`` would be copied into every worker and every rank, which would then draw
+        the same augmentations. The worker's torch seed changes each time the DataLoader starts its workers
+        (every epoch unless they persist), so re-created workers do not repeat an epoch's jitter either.
+        """
+        info = get_worker_info()
+        key = (self.seed, get_rank()) + ((info.id, info.seed) if info is not None else ())
+        if key != self._rng_key:
+            self._rng, self._rng_key = np.random.default_rng(key), key
+        return self._rng
 
     def _load(self, index: int) -> Tuple[int, np.ndarray, np.ndarray]:
         raise NotImplementedError
