@@ -56,7 +56,11 @@ def test_our_predictor_matches_segment_anythings_predictor(sam, image):
     ours, theirs = RWKVSamPredictor(sam), SamPredictor(sam)
     ours.set_image(image)
     theirs.set_image(image)
-    assert torch.equal(ours.get_image_embedding(), theirs.get_image_embedding().embedding)
+    # segment-anything's get_image_embedding() gives the (1, 256, h, w) tensor its callers expect
+    embedding = theirs.get_image_embedding()
+    assert isinstance(embedding, torch.Tensor) and embedding.shape == (1, 256, 16, 16)
+    assert torch.equal(ours.get_image_embedding(), embedding)
+    assert type(ours.get_image_embedding()) is torch.Tensor
     prompts = [
         dict(point_coords=np.array([[50, 60], [120, 30]]), point_labels=np.array([1, 0])),
         dict(box=np.array([10, 10, 100, 90]), multimask_output=False),

@@ -17,7 +17,7 @@ def check_shapes(out: ImageFeatures, cfg: dict, B: int, H: int, W: int) -> None:
     assert out.embedding.shape == (B, 256, H // 16, W // 16)
     assert out.stride4.shape == (B, cfg['widths'][0], H // 4, W // 4)
     assert out.stride8.shape == (B, cfg['widths'][1], H // 8, W // 8)
-    assert all(torch.isfinite(t).all() for t in out)
+    assert all(torch.isfinite(t).all() for t in out.maps())
 
 
 # dominated by 14 VRWKV blocks of ~9·dim² weights each (Spatial Mix 4·dim², Channel Mix at rate 2 5·dim²)
@@ -52,14 +52,14 @@ def test_wkv_modes_run(mode):
 
 
 def weighted_sum(out: ImageFeatures, weights) -> torch.Tensor:
-    return sum((t * w).sum() for t, w in zip(out, weights))
+    return sum((t * w).sum() for t, w in zip(out.maps(), weights))
 
 
 def test_gradients_reach_every_parameter():
     model = build_image_encoder('tiny')
     x = torch.randn(2, 3, 64, 64)
     out = model(x)
-    weighted_sum(out, [torch.randn_like(t) for t in out]).backward()
+    weighted_sum(out, [torch.randn_like(t) for t in out.maps()]).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
@@ -70,7 +70,7 @@ def test_gradient_checkpointing_matches():
     model = build_image_encoder('tiny', depth=2)
     x = torch.randn(1, 3, 64, 64)
     out = model(x)
-    weights = [torch.randn_like(t) for t in out]
+    weights = [torch.randn_like(t) for t in out.maps()]
     weighted_sum(out, weights).backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()

@@ -57,13 +57,13 @@ def test_v6_encoder_shapes_and_parameter_counts(variant):
     assert isinstance(out, ImageFeatures)
     assert out.embedding.shape == (2, 256, 4, 6)
     assert out.stride4.shape == (2, cfg['widths'][0], 16, 24) and out.stride8.shape == (2, cfg['widths'][1], 8, 12)
-    assert all(torch.isfinite(t).all() for t in out)
+    assert all(torch.isfinite(t).all() for t in out.maps())
 
 
 def test_v6_encoder_gradients_reach_every_parameter():
     model = build_image_encoder('tiny_v6', depth=2)
     out = model(torch.randn(2, 3, 64, 64))
-    sum((t * torch.randn_like(t)).sum() for t in out).backward()
+    sum((t * torch.randn_like(t)).sum() for t in out.maps()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name

@@ -63,8 +63,8 @@ class SamOnnxEncoder(nn.Module):
         size = self.sam.image_encoder.img_size
         x = (image - self.sam.pixel_mean) / self.sam.pixel_std
         x = F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
-        features = self.sam.image_encoder(x)
-        return features.embedding, self.sam.mask_decoder.image_fusion(features.stride4, features.stride8)
+        embedding, stride4, stride8 = self.sam.image_encoder.forward_maps(x)
+        return embedding, self.sam.mask_decoder.image_fusion(stride4, stride8)
 
 
 class SamOnnxDecoder(nn.Module):

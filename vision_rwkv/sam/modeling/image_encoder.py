@@ -15,7 +15,7 @@ RWKV-SAM mask decoder fuses into its upscaled features.
 Paper: "Mamba or RWKV: Exploring High-Quality and High-Efficiency Segment Anything Model",
 https://arxiv.org/abs/2406.19369
 """
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,16 +48,38 @@ ENCODER_CONFIGS: Dict[str, Dict[str, Any]] = {
 }
 
 
-class ImageFeatures(NamedTuple):
-    """Encoder outputs for (B, 3, H, W) images.
+class ImageFeatures(torch.Tensor):
+    """The encoder's output for (B, 3, H, W) images: the embedding, carrying the multiscale maps.
 
-    embedding: (B, out_chans, H/16, W/16) neck output (SAM's image embedding).
+    The tensor itself is the (B, out_chans, H/16, W/16) neck output (SAM's image embedding), so that
+    segment-anything's ``SamPredictor.get_image_embedding()`` returns the tensor its callers expect; the maps
+    ride along as attributes and reach the mask decoder through segment-anything's own ``predict``:
+
     stride4: (B, widths[0], H/4, W/4) output of the first convolutional stage.
     stride8: (B, widths[1], H/8, W/8) output of the second convolutional stage.
+    embedding: the embedding as a plain tensor (the same data, attached to autograd).
+
+    Operations on it return plain tensors (its ``__torch_function__`` is disabled, as ``nn.Parameter``'s), so the
+    maps never travel with a derived tensor by mistake; ``ImageFeatures(embedding, stride4, stride8)`` builds one.
     """
-    embedding: torch.Tensor
     stride4: torch.Tensor
     stride8: torch.Tensor
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @staticmethod
+    def __new__(cls, embedding: torch.Tensor, stride4: torch.Tensor, stride8: torch.Tensor) -> 'ImageFeatures':
+        features = embedding.as_subclass(cls)
+        features.stride4, features.stride8 = stride4, stride8
+        return features
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        return self.as_subclass(torch.Tensor)
+
+    def maps(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embedding, stride4, stride8) as plain tensors."""
+        return self.embedding, self.stride4, self.stride8
 
 
 class Stem(nn.Module):
@@ -249,7 +271,12 @@ class RWKVSamImageEncoder(nn.Module):
         return self.norm(x), grid
 
     def forward(self, x: torch.Tensor) -> ImageFeatures:
-        """(B, in_chans, H, W) images -> ImageFeatures(embedding, stride4, stride8); see the class docstring."""
+        """(B, in_chans, H, W) images -> ``ImageFeatures`` (the embedding with its stride-4 and stride-8 maps)."""
+        return ImageFeatures(*self.forward_maps(x))
+
+    def forward_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, in_chans, H, W) images -> plain (embedding, stride4, stride8) tensors; see the class docstring
+        (``torch.export`` and the ONNX export trace this)."""
         self._check_input(x)
         x = self.stem(x)
         for block in self.stage1:
@@ -260,7 +287,7 @@ class RWKVSamImageEncoder(nn.Module):
         stride8 = x
         tokens, (h, w) = self.forward_tokens(self.downsample(x))
         x = tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, h, w)
-        return ImageFeatures(self.neck(x), stride4, stride8)
+        return self.neck(x), stride4, stride8
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -138,11 +138,11 @@ class MultiScaleMaskDecoder(nn.Module):
         return masks[:, selected], iou_pred[:, selected]
 
     def _unpack_features(self, features: Any) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if isinstance(features, torch.Tensor):
-            raise TypeError('MultiScaleMaskDecoder needs the multiscale image features (an object with '
-                            '.embedding, .stride4 and .stride8, e.g. the image encoder\'s ImageFeatures), '
-                            f'not a plain tensor of shape {tuple(features.shape)}')
         missing = [name for name in ('embedding', 'stride4', 'stride8') if not hasattr(features, name)]
+        if missing and isinstance(features, torch.Tensor):
+            raise TypeError('MultiScaleMaskDecoder needs the multiscale image features (the image encoder\'s '
+                            'ImageFeatures, or an object with .embedding, .stride4 and .stride8), not a plain tensor '
+                            f'of shape {tuple(features.shape)}')
         if missing:
             raise TypeError(f'image features of type {type(features).__name__} lack {missing}; expected '
                             '.embedding, .stride4 and .stride8 (the image encoder\'s ImageFeatures)')

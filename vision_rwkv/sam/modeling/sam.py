@@ -1,9 +1,9 @@
 """RWKV-SAM: the image encoder, prompt encoder and multiscale mask decoder behind segment-anything's API.
 
 The attributes and methods segment-anything's ``SamPredictor`` and ``SamAutomaticMaskGenerator`` use
-are the same as ``segment_anything.modeling.Sam``; the image "embedding" the encoder returns is a
-bundle (``ImageFeatures``: the 256-channel embedding plus the stride-4 and stride-8 maps) that the
-multiscale decoder takes as ``image_embeddings``.
+are the same as ``segment_anything.modeling.Sam``; the image embedding the encoder returns is an
+``ImageFeatures``: the (B, 256, h, w) embedding tensor, carrying the stride-4 and stride-8 maps that the
+multiscale decoder reads from its ``image_embeddings``.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +21,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 def select_image(features: ImageFeatures, index: int) -> ImageFeatures:
     """The features of image ``index`` of a batch, keeping a batch dimension of 1."""
-    return ImageFeatures(*(t[index:index + 1] for t in features))
+    return ImageFeatures(*(t[index:index + 1] for t in features.maps()))
 
 
 class RWKVSam(nn.Module):
