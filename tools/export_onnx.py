@@ -22,7 +22,6 @@ float32 ones at each size; for RWKV-SAM the masks of a point, a box and three po
 import argparse
 import ast
 import json
-import os
 
 from vision_rwkv.cli import add_debug_flag, run_tool
 from vision_rwkv.errors import ConfigError, ExportError
@@ -126,24 +125,21 @@ def _model_from_config(args, kwargs):
 
 def build_sam(args):
     """The RWKV-SAM of ``rwkv_sam_<variant>`` or of a config, with ``--checkpoint`` loaded."""
-    from vision_rwkv.sam import build_rwkv_sam
+    from vision_rwkv.sam import build_rwkv_sam_from_cfg
     if args.features_only or args.num_classes is not None:
         raise ExportError('--features-only and --num-classes apply to backbones, not to RWKV-SAM')
-    kwargs = parse_model_kwargs(args.model_kwargs)
-    img_size = 1024
-    if args.model.endswith('.py'):
-        from mmengine.config import Config
-        model = Config.fromfile(args.model).model
-        variant, img_size = model.get('variant', 'tiny'), model.get('img_size', img_size)
-        kwargs = dict(model.get('encoder', {}), wkv_mode=model.get('wkv_mode', 'raster'), **kwargs)
-    else:
-        variant = args.model[len('rwkv_sam_'):]
+    img_size = None
     if args.img_size is not None:
         if args.img_size[0] != args.img_size[1]:
             raise ExportError(f'RWKV-SAM takes square inputs: --img-size {args.img_size[0]}, not '
                               f'{args.img_size[0]}x{args.img_size[1]}')
         img_size = args.img_size[0]
-    return build_rwkv_sam(variant, args.checkpoint, img_size, **kwargs)
+    if args.model.endswith('.py'):
+        from mmengine.config import Config
+        model = Config.fromfile(args.model).model
+    else:
+        model = dict(variant=args.model[len('rwkv_sam_'):])
+    return build_rwkv_sam_from_cfg(model, args.checkpoint, img_size, **parse_model_kwargs(args.model_kwargs))
 
 
 def check_image(path):
@@ -154,14 +150,8 @@ def check_image(path):
         except ImportError:
             raise ExportError('the RWKV-SAM check needs a photo: pass --check-image or install scikit-image') from None
         return data.astronaut()
-    import cv2
-    from vision_rwkv_runtime.errors import CorruptImageError, InputFileError
-    if not os.path.isfile(path):
-        raise InputFileError(f'--check-image {path} does not exist')
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise CorruptImageError(f'{path}: not a readable image')
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    from vision_rwkv_runtime.image import read_image, to_rgb_uint8
+    return to_rgb_uint8(read_image(path))
 
 
 def export_sam(args) -> int:

@@ -9,7 +9,8 @@ config's last checkpoint is used, and trained first with ``tools/train.py`` if t
 (about 13 minutes on a 2-core CPU), so a newcomer sees real masks. Points are pixel coordinates
 with label 1 (foreground, default) or 0 (background); ``--auto`` segments everything.
 
-``--onnx`` runs the two files ``tools/export_onnx.py --sam`` writes in onnxruntime, through
+``--onnx`` runs the two files ``tools/export_onnx.py MODEL --out ENCODER --decoder-out DECODER`` writes in
+onnxruntime, through
 ``vision_rwkv_runtime`` (no torch import on that path): the same masks and the same overlay as the PyTorch model.
 """
 import argparse
@@ -21,9 +22,9 @@ import cv2
 import numpy as np
 
 from vision_rwkv_runtime.cli import add_debug_flag, run_tool
-from vision_rwkv_runtime.errors import CorruptImageError, InputFileError, UserError
+from vision_rwkv_runtime.errors import UserError
 from vision_rwkv_runtime.files import atomic_write
-from vision_rwkv_runtime.image import to_rgb_uint8
+from vision_rwkv_runtime.image import read_image, to_rgb_uint8
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_CONFIG = osp.join(ROOT, 'configs', 'sam', 'rwkv_sam_tiny_toy_shapes.py')
@@ -46,7 +47,8 @@ def parse_args():
     parser.add_argument('--image', required=True, help='image file (any PIL/OpenCV format)')
     parser.add_argument('--checkpoint', help='weights; default: the config\'s last checkpoint (trained if absent)')
     parser.add_argument('--onnx', nargs=2, metavar=('ENCODER', 'DECODER'),
-                        help='run exported files in onnxruntime instead (tools/export_onnx.py --sam), without torch')
+                        help='run exported files in onnxruntime instead (tools/export_onnx.py '
+                        '--decoder-out), without torch')
     parser.add_argument('--config', default=TOY_CONFIG, help='training config that defines the model')
     parser.add_argument('--point', action='append', default=[], type=lambda t: numbers(t, (2, 3), '--point'),
                         help='x,y[,label] (label 1 foreground, 0 background); repeatable')
@@ -67,25 +69,11 @@ def parse_args():
     return args
 
 
-def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from any image file OpenCV reads (grayscale, RGBA and 16-bit included)."""
-    if not osp.isfile(path):
-        raise InputFileError(f'image {path} does not exist')
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise CorruptImageError(f'{path}: not a readable image')
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return image
-
-
 def model_from_config(config: str, checkpoint: str):
     from mmengine.config import Config
 
-    from vision_rwkv.sam import build_rwkv_sam
-    model = Config.fromfile(config).model
-    return build_rwkv_sam(model.get('variant', 'tiny'), checkpoint, model.get('img_size', 1024),
-                          model.get('wkv_mode', 'raster'), **model.get('encoder', {}))
+    from vision_rwkv.sam import build_rwkv_sam_from_cfg
+    return build_rwkv_sam_from_cfg(Config.fromfile(config).model, checkpoint)
 
 
 def default_checkpoint(config: str) -> str:

@@ -6,8 +6,8 @@ traceback (``--debug`` shows the traceback of user errors too). Each class also 
 exception that library callers would catch (``ValueError``, ``FileNotFoundError``, ...).
 """
 
-__all__ = ['CheckpointError', 'ConfigError', 'CorruptImageError', 'ExportError', 'InputError', 'InputFileError', 'OutputExistsError',
-           'UserError']
+__all__ = ['CheckpointError', 'ConfigError', 'CorruptImageError', 'ExportError', 'InputError', 'InputFileError',
+           'OutputExistsError', 'UserError']
 
 
 class UserError(Exception):

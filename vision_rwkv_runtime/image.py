@@ -1,13 +1,29 @@
 """Images and prompts as segment-anything's predictors take them, in numpy and Pillow (shared by the PyTorch and
 the onnxruntime predictors)."""
+import os.path as osp
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
-from .errors import InputError
+from .errors import CorruptImageError, InputError, InputFileError
 
-__all__ = ['ResizeLongestSide', 'check_prompts', 'to_rgb_uint8']
+__all__ = ['ResizeLongestSide', 'check_prompts', 'read_image', 'to_rgb_uint8']
+
+
+def read_image(path: str) -> np.ndarray:
+    """(H, W[, C]) array of any image file OpenCV reads, channels in RGB(A) order, grayscale, RGBA and 16-bit kept
+    as they are (``to_rgb_uint8`` makes them (H, W, 3) uint8)."""
+    import cv2  # the demos' dependency, not the runtime's
+
+    if not osp.isfile(path):
+        raise InputFileError(f'image {path} does not exist')
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise CorruptImageError(f'{path}: not a readable image')
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
 
 
 def to_rgb_uint8(image: np.ndarray, image_format: str = 'RGB') -> np.ndarray:

@@ -139,11 +139,12 @@ def export_sam_onnx(sam: RWKVSam, encoder_path: Union[str, os.PathLike], decoder
     image = torch.rand(2, 3, size - 16, size - 32) * 255  # below size on both sides: no pad of 0 is traced
     encoder_shapes = ({0: torch.export.Dim('batch', min=1, max=1 << 16),
                        2: torch.export.Dim('height', min=1, max=size), 3: torch.export.Dim('width', min=1, max=size)},)
-    encoder_path = export_graph(SamOnnxEncoder(sam), (image,), encoder_path, ENCODER_INPUTS, ENCODER_OUTPUTS,
+    encoder = SamOnnxEncoder(sam)
+    encoder_path = export_graph(encoder, (image,), encoder_path, ENCODER_INPUTS, ENCODER_OUTPUTS,
                                 encoder_shapes, opset, optimize, _metadata(sam, ENCODER_KIND))
     grid = size // 16
     with torch.no_grad():
-        embedding, fusion = SamOnnxEncoder(sam)(image[:1])
+        embedding, fusion = encoder(image[:1])  # the decoder's example inputs
     prompt = (embedding, fusion, torch.rand(1, 3, 2) * size, torch.tensor([[1., 0., -1.]]),
               torch.zeros(1, 1, 4 * grid, 4 * grid), torch.zeros(1), torch.tensor([3. * size, 2. * size]))
     points = torch.export.Dim('num_points', min=1, max=MAX_POINTS)

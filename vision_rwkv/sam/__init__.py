@@ -9,7 +9,7 @@
 The model also works with segment-anything's own ``SamPredictor`` and ``SamAutomaticMaskGenerator``.
 """
 from .automatic_mask_generator import RWKVSamAutomaticMaskGenerator
-from .build import build_rwkv_sam, load_rwkv_sam_checkpoint, rwkv_sam_model_registry
+from .build import build_rwkv_sam, build_rwkv_sam_from_cfg, load_rwkv_sam_checkpoint, rwkv_sam_model_registry
 from .modeling.image_encoder import ImageFeatures, RWKVSamImageEncoder
 from .modeling.mask_decoder import MultiScaleMaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
@@ -18,5 +18,5 @@ from .modeling.transformer import TwoWayTransformer
 from .predictor import RWKVSamPredictor
 
 __all__ = ['ImageFeatures', 'MultiScaleMaskDecoder', 'PromptEncoder', 'RWKVSam', 'RWKVSamAutomaticMaskGenerator',
-           'RWKVSamImageEncoder', 'RWKVSamPredictor', 'TwoWayTransformer', 'build_rwkv_sam',
+           'RWKVSamImageEncoder', 'RWKVSamPredictor', 'TwoWayTransformer', 'build_rwkv_sam', 'build_rwkv_sam_from_cfg',
            'load_rwkv_sam_checkpoint', 'rwkv_sam_model_registry']

@@ -1,6 +1,6 @@
 """Build RWKV-SAM variants: ``rwkv_sam_model_registry[name](checkpoint=None)`` as segment-anything."""
 from functools import partial
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -12,7 +12,7 @@ from .modeling.prompt_encoder import PromptEncoder
 from .modeling.sam import RWKVSam
 from .modeling.transformer import TwoWayTransformer
 
-__all__ = ['build_rwkv_sam', 'load_rwkv_sam_checkpoint', 'rwkv_sam_model_registry']
+__all__ = ['build_rwkv_sam', 'build_rwkv_sam_from_cfg', 'load_rwkv_sam_checkpoint', 'rwkv_sam_model_registry']
 
 PROMPT_EMBED_DIM = 256
 EMBEDDING_STRIDE = 16
@@ -52,6 +52,16 @@ def build_rwkv_sam(variant: str = 'small', checkpoint: Optional[str] = None, img
     if checkpoint is not None:
         load_rwkv_sam_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def build_rwkv_sam_from_cfg(model: Mapping[str, Any], checkpoint: Optional[str] = None, img_size: Optional[int] = None,
+                            **encoder_kwargs: Any) -> RWKVSam:
+    """The RWKV-SAM a ``tools/train.py`` config's ``model`` (an ``RWKVSamTrainer`` dict) describes: its ``variant``,
+    ``img_size``, ``wkv_mode`` and ``encoder`` overrides, with the trainer's defaults; ``img_size`` and
+    ``encoder_kwargs`` (``wkv_mode`` among them) override the config's."""
+    wkv_mode = encoder_kwargs.pop('wkv_mode', model.get('wkv_mode', 'raster'))
+    return build_rwkv_sam(model.get('variant', 'tiny'), checkpoint, img_size or model.get('img_size', 1024), wkv_mode,
+                          **dict(model.get('encoder') or {}, **encoder_kwargs))
 
 
 def _model_state(checkpoint: Any, path: str) -> Dict[str, torch.Tensor]:
