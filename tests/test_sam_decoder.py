@@ -17,7 +17,8 @@ from segment_anything.modeling import TwoWayTransformer as SamTwoWayTransformer
 from segment_anything.modeling.transformer import Attention as SamAttention
 
 from vision_rwkv.sam.modeling.common import LayerNorm2d
-from vision_rwkv.sam.modeling.mask_decoder import MultiScaleMaskDecoder
+from vision_rwkv.sam.modeling.image_encoder import ImageFeatures
+from vision_rwkv.sam.modeling.mask_decoder import MultiScaleMaskDecoder, gather_rows
 from vision_rwkv.sam.modeling.prompt_encoder import PromptEncoder
 from vision_rwkv.sam.modeling.transformer import Attention, TwoWayTransformer
 
@@ -452,3 +453,99 @@ def test_decoder_sam_names_and_parameter_count(decoder):
     assert fusion == 180_896
     default = MultiScaleMaskDecoder()  # builds SAM's transformer itself
     assert set(default.state_dict()) == keys
+
+
+# ---------------------------------------------------------------- fusion modes and the cached image fusion
+
+
+def decoder_with(fusion):
+    torch.manual_seed(0)
+    return randomise(MultiScaleMaskDecoder(transformer_dim=DIM, transformer=TwoWayTransformer(2, DIM, 8, 2048),
+                                           stride4_chans=64, stride8_chans=128, fusion=fusion))
+
+
+def image_features(n=1):
+    return ImageFeatures(*features(n))
+
+
+def test_decoder_fusion_none_is_sams_decoder_and_takes_a_plain_embedding():
+    """``fusion='none'`` has exactly segment-anything's ``MaskDecoder`` state dict, and its outputs (float64) on a
+    plain embedding tensor or on ImageFeatures."""
+    decoder = decoder_with('none').double()
+    assert set(decoder.state_dict()) == sam_mask_decoder_keys()
+    sam = sam_twin(decoder, SamMaskDecoder(transformer_dim=DIM, transformer=SamTwoWayTransformer(2, DIM, 8, 2048)))
+    enc = prompt_encoder().double()
+    sparse, dense = prompts(enc, 3)
+    feats, pe = ImageFeatures(*(t.double() for t in features(1))), enc.get_dense_pe()
+    with torch.no_grad():
+        expected, expected_iou = sam(feats.embedding, pe, sparse, dense, multimask_output=True)
+        for image in (feats.embedding, feats):
+            masks, iou = decoder(image, pe, sparse, dense, multimask_output=True)
+            assert rel_err(masks, expected) < float64_rel_tol(2048)
+            assert rel_err(iou, expected_iou) < float64_rel_tol(2048)
+    with pytest.raises(ValueError, match=f'must be \\(F, {DIM}, h, w\\)'):
+        decoder(torch.randn(1, 3, GRID, GRID).double(), pe, sparse, dense, multimask_output=True)
+
+
+def test_decoder_fusion_add_adds_one_image_map_per_prompt_mix():
+    """``fusion='add'``: the masks differ from the same decoder without fusion by a per-prompt linear combination of
+    the C/8 channels of G = mix_feat_proj(cat([mr_feat_proj(stride8), hr_feat_proj(stride4)])), G computed here from
+    the modules. Float64 least squares per prompt: a difference outside G's channel span leaves a residual of the
+    order of the difference itself; inside it, rounding only (32 channels x 4096 pixels, well conditioned)."""
+    decoder = decoder_with('add').double()
+    plain = MultiScaleMaskDecoder(transformer_dim=DIM, transformer=TwoWayTransformer(2, DIM, 8, 2048),
+                                  fusion='none').double()
+    plain.load_state_dict(decoder.state_dict(), strict=False)
+    enc = prompt_encoder().double()
+    sparse, dense = prompts(enc, 3)
+    feats, pe = ImageFeatures(*(t.double() for t in features(1))), enc.get_dense_pe()
+    with torch.no_grad():
+        masks, _ = decoder.predict_masks(feats, pe, sparse, dense)
+        without, _ = plain.predict_masks(feats.embedding, pe, sparse, dense)
+        g = decoder.mix_feat_proj(torch.cat([decoder.mr_feat_proj(feats.stride8),
+                                             decoder.hr_feat_proj(feats.stride4)], 1))
+    basis = g.reshape(DIM // 8, -1).T  # (4096, 32)
+    for diff in (masks - without):
+        diff = diff.reshape(diff.shape[0], -1).T  # (4096, tokens)
+        coeffs = torch.linalg.lstsq(basis, diff).solution
+        assert diff.norm() > 1e-2
+        assert rel_err(basis @ coeffs, diff) < 1e-10
+
+
+@pytest.mark.parametrize('fusion', ['mix', 'add', 'none'])
+def test_fuse_image_caches_the_image_part(fusion):
+    """Decoding on ``fuse_image(features)`` (one image shared, several images with image_index, one image selected)
+    gives the masks of the uncached call, without running the image-only projections again."""
+    decoder = decoder_with(fusion)
+    enc = prompt_encoder()
+    sparse, dense = prompts(enc, 5)
+    feats, pe = image_features(2), enc.get_dense_pe()
+    index = torch.tensor([1, 0, 1, 1, 0])
+    with torch.no_grad():
+        expected = decoder(feats, pe, sparse, dense, multimask_output=True, image_index=index)
+        expected_one = decoder(feats.select(1), pe, sparse, dense, multimask_output=False)
+        fused = decoder.fuse_image(feats)
+        assert (fused.fusion is None) == (fusion == 'none')
+        if fusion != 'none':
+            decoder.hr_feat_proj = decoder.mr_feat_proj = None  # a second run of the projections would fail
+        masks = decoder(fused, pe, sparse, dense, multimask_output=True, image_index=index)
+        one = decoder(fused.select(1), pe, sparse, dense, multimask_output=False)
+    for actual, wanted in ((masks, expected), (one, expected_one)):
+        torch.testing.assert_close(actual[0], wanted[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(actual[1], wanted[1], atol=1e-6, rtol=1e-6)
+
+
+def test_gather_rows_gradient_matches_index_select_with_channels_last_gradient():
+    x = torch.randn(4, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([3, 0, 3, 1, 1, 3])
+    grad = torch.randn(6, 6, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    gathered = gather_rows(x, index)
+    assert torch.equal(gathered, x.detach()[index])
+    expected, = torch.autograd.grad(x.index_select(0, index), x, grad)
+    actual, = torch.autograd.grad(gathered, x, grad)
+    assert rel_err(actual, expected) < 4 * EPS64  # at most 3 rows summed per entry, in another order
+
+
+def test_decoder_rejects_unknown_fusion():
+    with pytest.raises(ValueError, match="fusion must be one of \\('mix', 'add', 'none'\\), got 'sum'"):
+        MultiScaleMaskDecoder(fusion='sum')

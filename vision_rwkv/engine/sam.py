@@ -46,7 +46,7 @@ class RWKVSamTrainer(BaseModel):
     trained, not saved in checkpoints and not wrapped by DDP.
 
     Args:
-        variant, img_size, checkpoint, wkv_mode: as ``build_rwkv_sam``.
+        variant, img_size, checkpoint, wkv_mode, fusion: as ``build_rwkv_sam``.
         encoder: overrides of the encoder arguments (e.g. ``depth``).
         teacher: ``dict(model_type, checkpoint)`` of a SAM teacher, or None.
         seed: seed of the prompt generator (``generator``); under a runner each training step re-seeds it from
@@ -54,14 +54,15 @@ class RWKVSamTrainer(BaseModel):
     """
 
     def __init__(self, variant: str = 'tiny', img_size: int = 1024, checkpoint: Optional[str] = None,
-                 wkv_mode: str = 'raster', encoder: Optional[dict] = None, max_instances: int = 8,
+                 wkv_mode: str = 'raster', fusion: str = 'mix', encoder: Optional[dict] = None,
+                 max_instances: int = 8,
                  point_prob: float = 0.5, max_points: int = 3, correction_rounds: int = 1,
                  correction_prob: float = 1.0,
                  focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0,
                  box_noise: float = 0.1, teacher: Optional[dict] = None, distill_weight: float = 1.0,
                  seed: int = 0):
         super().__init__()
-        self.sam = build_rwkv_sam(variant, checkpoint, img_size, wkv_mode, **(encoder or {})).train()
+        self.sam = build_rwkv_sam(variant, checkpoint, img_size, wkv_mode, fusion, **(encoder or {})).train()
         self.max_instances, self.point_prob, self.max_points = max_instances, point_prob, max_points
         self.correction_rounds, self.correction_prob, self.box_noise = correction_rounds, correction_prob, box_noise
         self.weights = dict(focal=focal_weight, dice=dice_weight, iou=iou_weight, distill=distill_weight)
@@ -209,6 +210,7 @@ class RWKVSamTrainer(BaseModel):
         features = self.sam.image_encoder(images)
         if mode == 'tensor':
             return features
+        features = self.sam.mask_decoder.fuse_image(features)  # once for every decoder pass of the step
         if mode == 'loss':
             self._seed_prompts()
             losses = self._losses(features, *self._instances(data_samples, self.max_instances))

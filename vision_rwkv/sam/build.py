@@ -11,33 +11,45 @@ from .modeling.mask_decoder import MultiScaleMaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
 from .modeling.sam import RWKVSam
 from .modeling.transformer import TwoWayTransformer
+from .modeling.vit_encoder import ViTSamImageEncoder
 
 __all__ = ['build_rwkv_sam', 'build_rwkv_sam_from_cfg', 'load_rwkv_sam_checkpoint', 'rwkv_sam_model_registry']
 
 PROMPT_EMBED_DIM = 256
 EMBEDDING_STRIDE = 16
+VIT_VARIANT = 'vit'
 
 
 def build_rwkv_sam(variant: str = 'small', checkpoint: Optional[str] = None, img_size: int = 1024,
-                   wkv_mode: str = 'raster', **encoder_kwargs: Any) -> RWKVSam:
+                   wkv_mode: str = 'raster', fusion: str = 'mix', **encoder_kwargs: Any) -> RWKVSam:
     """An RWKV-SAM in eval mode.
 
     Args:
         variant: 'tiny', 'small' or 'base' (see ``ENCODER_CONFIGS``), or 'tiny_v6', 'small_v6', 'base_v6': the
-            same encoders with VRWKV6 blocks in the token stage.
+            same encoders with VRWKV6 blocks in the token stage; or 'vit', the baseline of the equal-budget
+            comparison: segment-anything's ``ImageEncoderViT`` (``ViTSamImageEncoder``; ``encoder_kwargs`` are its
+            arguments, ``wkv_mode`` is unused).
         checkpoint: weights file (``weights_only=True``): a state dict, or a ``tools/train.py``
             checkpoint.
         img_size: input side (multiple of 16); the embedding is img_size / 16 square and the
             low-resolution masks are 4× that (256² at the default 1024).
         wkv_mode: Bi-WKV scan of the RWKV blocks ('raster', 'cross' or '2d'; VRWKV6 blocks: 'raster').
+        fusion: the mask decoder's multiscale fusion: 'mix' (upstream RWKV-SAM), 'add' (image-only, once per
+            image) or 'none' (segment-anything's decoder); see ``MultiScaleMaskDecoder``.
         **encoder_kwargs: overrides of the variant's encoder arguments (e.g. ``depth``, ``block``).
     """
-    if variant not in ENCODER_CONFIGS:
-        raise ValueError(f'unknown RWKV-SAM variant {variant!r}; known: {sorted(ENCODER_CONFIGS)}')
+    if variant not in ENCODER_CONFIGS and variant != VIT_VARIANT:
+        raise ValueError(f'unknown RWKV-SAM variant {variant!r}; known: {sorted(ENCODER_CONFIGS) + [VIT_VARIANT]}')
     if img_size % EMBEDDING_STRIDE:
         raise ValueError(f'img_size must be a multiple of {EMBEDDING_STRIDE}, got {img_size}')
-    arch = dict(ENCODER_CONFIGS[variant], **encoder_kwargs)
-    encoder = RWKVSamImageEncoder(img_size=img_size, out_chans=PROMPT_EMBED_DIM, wkv_mode=wkv_mode, **arch)
+    if variant == VIT_VARIANT:
+        encoder = ViTSamImageEncoder(img_size=img_size, out_chans=PROMPT_EMBED_DIM, pyramid=fusion != 'none',
+                                     **encoder_kwargs)
+        widths = encoder.widths
+    else:
+        arch = dict(ENCODER_CONFIGS[variant], **encoder_kwargs)
+        encoder = RWKVSamImageEncoder(img_size=img_size, out_chans=PROMPT_EMBED_DIM, wkv_mode=wkv_mode, **arch)
+        widths = arch['widths']
     grid = img_size // EMBEDDING_STRIDE
     model = RWKVSam(
         image_encoder=encoder,
@@ -47,7 +59,7 @@ def build_rwkv_sam(variant: str = 'small', checkpoint: Optional[str] = None, img
             transformer_dim=PROMPT_EMBED_DIM,
             transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, num_heads=8, mlp_dim=2048),
             num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256,
-            stride4_chans=arch['widths'][0], stride8_chans=arch['widths'][1]),
+            stride4_chans=widths[0], stride8_chans=widths[1], fusion=fusion),
     )
     if checkpoint is not None:
         load_rwkv_sam_checkpoint(model, checkpoint)
@@ -57,11 +69,12 @@ def build_rwkv_sam(variant: str = 'small', checkpoint: Optional[str] = None, img
 def build_rwkv_sam_from_cfg(model: Mapping[str, Any], checkpoint: Optional[str] = None, img_size: Optional[int] = None,
                             **encoder_kwargs: Any) -> RWKVSam:
     """The RWKV-SAM a ``tools/train.py`` config's ``model`` (an ``RWKVSamTrainer`` dict) describes: its ``variant``,
-    ``img_size``, ``wkv_mode`` and ``encoder`` overrides, with the trainer's defaults; ``img_size`` and
-    ``encoder_kwargs`` (``wkv_mode`` among them) override the config's."""
+    ``img_size``, ``wkv_mode``, ``fusion`` and ``encoder`` overrides, with the trainer's defaults; ``img_size`` and
+    ``encoder_kwargs`` (``wkv_mode`` and ``fusion`` among them) override the config's."""
     wkv_mode = encoder_kwargs.pop('wkv_mode', model.get('wkv_mode', 'raster'))
+    fusion = encoder_kwargs.pop('fusion', model.get('fusion', 'mix'))
     return build_rwkv_sam(model.get('variant', 'tiny'), checkpoint, img_size or model.get('img_size', 1024), wkv_mode,
-                          **dict(model.get('encoder') or {}, **encoder_kwargs))
+                          fusion, **dict(model.get('encoder') or {}, **encoder_kwargs))
 
 
 def _model_state(checkpoint: Any, path: str) -> Dict[str, torch.Tensor]:

@@ -68,7 +68,9 @@ class RWKVSamPredictor:
         self.reset_image()
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(transformed_image.shape[-2:])
-        self.features = self.model.image_encoder(self.model.preprocess(transformed_image.float()))
+        features = self.model.image_encoder(self.model.preprocess(transformed_image.float()))
+        fuse_image = getattr(self.model.mask_decoder, 'fuse_image', None)  # once per image, not per prompt
+        self.features = fuse_image(features) if fuse_image is not None else features
         self.is_image_set = True
 
     def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,

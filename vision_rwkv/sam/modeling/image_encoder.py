@@ -15,7 +15,7 @@ RWKV-SAM mask decoder fuses into its upscaled features.
 Paper: "Mamba or RWKV: Exploring High-Quality and High-Efficiency Segment Anything Model",
 https://arxiv.org/abs/2406.19369
 """
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -57,20 +57,25 @@ class ImageFeatures(torch.Tensor):
 
     stride4: (B, widths[0], H/4, W/4) output of the first convolutional stage.
     stride8: (B, widths[1], H/8, W/8) output of the second convolutional stage.
+    (Both None from a ``ViTSamImageEncoder`` built without its pyramid.)
     embedding: the embedding as a plain tensor (the same data, attached to autograd).
+    fusion: None, or the mask decoder's image-only fusion of the two maps, computed once by
+        ``MultiScaleMaskDecoder.fuse_image`` for every later prompt on these features.
 
     Operations on it return plain tensors (its ``__torch_function__`` is disabled, as ``nn.Parameter``'s), so the
     maps never travel with a derived tensor by mistake; ``ImageFeatures(embedding, stride4, stride8)`` builds one.
     """
-    stride4: torch.Tensor
-    stride8: torch.Tensor
+    stride4: Optional[torch.Tensor]
+    stride8: Optional[torch.Tensor]
+    fusion: Optional[torch.Tensor]
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
-    def __new__(cls, embedding: torch.Tensor, stride4: torch.Tensor, stride8: torch.Tensor) -> 'ImageFeatures':
+    def __new__(cls, embedding: torch.Tensor, stride4: Optional[torch.Tensor], stride8: Optional[torch.Tensor],
+                fusion: Optional[torch.Tensor] = None) -> 'ImageFeatures':
         features = embedding.as_subclass(cls)
-        features.stride4, features.stride8 = stride4, stride8
+        features.stride4, features.stride8, features.fusion = stride4, stride8, fusion
         return features
 
     @property
@@ -80,6 +85,11 @@ class ImageFeatures(torch.Tensor):
     def maps(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(embedding, stride4, stride8) as plain tensors."""
         return self.embedding, self.stride4, self.stride8
+
+    def select(self, index: int) -> 'ImageFeatures':
+        """The features of image ``index`` of the batch, keeping a batch dimension of 1 (and the fusion, if any)."""
+        rows = slice(index, index + 1)
+        return ImageFeatures(*(None if t is None else t[rows] for t in (*self.maps(), self.fusion)))
 
 
 class Stem(nn.Module):

@@ -19,11 +19,6 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-def select_image(features: ImageFeatures, index: int) -> ImageFeatures:
-    """The features of image ``index`` of a batch, keeping a batch dimension of 1."""
-    return ImageFeatures(*(t[index:index + 1] for t in features.maps()))
-
-
 class RWKVSam(nn.Module):
     """Promptable segmentation with an RWKV image encoder.
 
@@ -96,11 +91,11 @@ class RWKVSam(nn.Module):
             'low_res_logits' (B, C, 256, 256).
         """
         images = torch.stack([self.preprocess(record['image']) for record in batched_input])
-        features = self.image_encoder(images)
+        features = self.mask_decoder.fuse_image(self.image_encoder(images))
         outputs = []
         for i, record in enumerate(batched_input):
             points = (record['point_coords'], record['point_labels']) if 'point_coords' in record else None
-            low_res, iou = self.decode_prompts(select_image(features, i), points, record.get('boxes'),
+            low_res, iou = self.decode_prompts(features.select(i), points, record.get('boxes'),
                                                record.get('mask_inputs'), multimask_output)
             masks = self.postprocess_masks(low_res, record['image'].shape[-2:], record['original_size'])
             outputs.append(dict(masks=masks > self.mask_threshold, iou_predictions=iou, low_res_logits=low_res))
