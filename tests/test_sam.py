@@ -172,5 +172,14 @@ def test_checkpoint_round_trip_and_mismatch(sam, image, tmp_path):
     b.set_image(image)
     np.testing.assert_array_equal(a.predict(box=np.array([10, 10, 100, 90]))[2],
                                   b.predict(box=np.array([10, 10, 100, 90]))[2])
-    with pytest.raises(CheckpointError, match='does not fit this RWKV-SAM'):
+    with pytest.raises(CheckpointError, match=r"image encoder 'tiny' \(2 VRWKV blocks of dim 192\), but this "
+                                              r"model's is 'tiny' \(3 VRWKV blocks of dim 192\)"):
         rwkv_sam_model_registry['tiny'](checkpoint=str(path), img_size=IMG_SIZE, depth=3)
+    with pytest.raises(CheckpointError, match=r"'tiny' \(2 VRWKV blocks .* this model's is 'small' \(2 VRWKV blocks "
+                                              r"of dim 384\)"):
+        rwkv_sam_model_registry['small'](checkpoint=str(path), img_size=IMG_SIZE, depth=2)
+    with pytest.raises(CheckpointError, match=r"'tiny' \(2 VRWKV blocks .* this model's is 'tiny_v6' \(2 VRWKV6"):
+        rwkv_sam_model_registry['tiny_v6'](checkpoint=str(path), img_size=IMG_SIZE, depth=2)
+    for fusion in ('add', 'none'):  # the same encoder, another decoder
+        with pytest.raises(CheckpointError, match='does not fit this RWKV-SAM.*decoder fusion'):
+            rwkv_sam_model_registry['tiny'](checkpoint=str(path), img_size=IMG_SIZE, depth=2, fusion=fusion)

@@ -6,14 +6,14 @@
 
 **Encoder** ``image`` (B, 3, h, w) float32 RGB in 0..255, resized so that max(h, w) = ``img_size`` (segment-
 anything's ``ResizeLongestSide``; any h, w up to it) -> ``image_embeddings`` (B, 256, S/16, S/16) and
-``multiscale_features`` (B, 64, S/4, S/4), S = ``img_size``. The graph normalises and pads as
-``RWKVSam.preprocess``. ``multiscale_features`` is the image-only part of the decoder's multiscale fusion
+``multiscale_features`` (B, 64 or 32, S/4, S/4) (decoder fusion 'mix' or 'add'), S = ``img_size``. The graph
+normalises and pads as ``RWKVSam.preprocess``. ``multiscale_features`` is the image-only part of the decoder's multiscale fusion
 (``MultiScaleMaskDecoder.image_fusion``: the stride-4 and stride-8 maps projected and mixed), so the decoder
 pays it once per image, not once per prompt.
 
 **Decoder** (segment-anything's ``SamOnnxModel`` inputs, plus ``multiscale_features``), one object per call:
 
-- ``image_embeddings`` (1, 256, S/16, S/16) and ``multiscale_features`` (1, 64, S/4, S/4) from the encoder;
+- ``image_embeddings`` (1, 256, S/16, S/16) and ``multiscale_features`` (1, 64 or 32, S/4, S/4) from the encoder;
 - ``point_coords`` (1, N, 2) float32 x, y in the resized frame (``ResizeLongestSide.apply_coords``) and
   ``point_labels`` (1, N) float32: 1 foreground, 0 background, 2 / 3 a box's top-left / bottom-right corner,
   -1 padding (append one (0, 0) point with label -1 when there is no box);
@@ -136,6 +136,9 @@ def export_sam_onnx(sam: RWKVSam, encoder_path: Union[str, os.PathLike], decoder
     size = sam.image_encoder.img_size
     if size < 64:
         raise ExportError(f'img_size {size}: export RWKV-SAM models of img_size >= 64 (a 4x4 embedding)')
+    if sam.mask_decoder.fusion == 'none':
+        raise ExportError("the ONNX files carry the decoder's multiscale features: export a decoder with fusion 'mix' "
+                          "or 'add', not 'none'")
     image = torch.rand(2, 3, size - 16, size - 32) * 255  # below size on both sides: no pad of 0 is traced
     encoder_shapes = ({0: torch.export.Dim('batch', min=1, max=1 << 16),
                        2: torch.export.Dim('height', min=1, max=size), 3: torch.export.Dim('width', min=1, max=size)},)

@@ -13,7 +13,8 @@ from .modeling.sam import RWKVSam
 from .modeling.transformer import TwoWayTransformer
 from .modeling.vit_encoder import ViTSamImageEncoder
 
-__all__ = ['build_rwkv_sam', 'build_rwkv_sam_from_cfg', 'load_rwkv_sam_checkpoint', 'rwkv_sam_model_registry']
+__all__ = ['build_rwkv_sam', 'build_rwkv_sam_from_cfg', 'describe_encoder', 'load_rwkv_sam_checkpoint',
+           'rwkv_sam_model_registry']
 
 PROMPT_EMBED_DIM = 256
 EMBEDDING_STRIDE = 16
@@ -87,14 +88,38 @@ def _model_state(checkpoint: Any, path: str) -> Dict[str, torch.Tensor]:
     return state
 
 
+def describe_encoder(state: Mapping[str, torch.Tensor]) -> str:
+    """The image encoder an RWKV-SAM state dict holds, in words: its variant (from its width and block type) and
+    its depth, e.g. "'tiny' (4 VRWKV blocks of dim 192)"."""
+    if any(k.startswith('image_encoder.vit.') for k in state):
+        return "'vit' (segment-anything's ImageEncoderViT)"
+    conv = state.get('image_encoder.downsample.conv.weight')
+    if conv is None:
+        return 'no RWKV-SAM image encoder'
+    dim, v6 = conv.shape[0], any(k.endswith('.att.time_maa_x') for k in state)
+    depth = len({k.split('.')[2] for k in state if k.startswith('image_encoder.blocks.')})
+    names = [n for n, c in ENCODER_CONFIGS.items() if c['dim'] == dim and (c.get('block') == 'v6') == v6]
+    kind = 'VRWKV6' if v6 else 'VRWKV'
+    return f"{repr(names[0]) if names else 'an unknown variant'} ({depth} {kind} blocks of dim {dim})"
+
+
 def load_rwkv_sam_checkpoint(model: RWKVSam, path: str) -> None:
-    """Load all weights of ``path`` into ``model`` (strict; a clear error names what does not match)."""
+    """Load all weights of ``path`` into ``model`` (strict; a clear error names what does not match: both encoders
+    when they differ)."""
     state = _model_state(load_checkpoint_file(path), path)
-    result = model.load_state_dict(state, strict=False)
+    held, wanted = describe_encoder(state), describe_encoder(model.state_dict())
+    if held != wanted:
+        raise CheckpointError(f'{path} holds an RWKV-SAM with image encoder {held}, but this model\'s is {wanted}: '
+                              'build the variant (and depth) the checkpoint was trained with')
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # same keys, other shapes (img_size, widths, fusion)
+        raise CheckpointError(f'{path} does not fit this RWKV-SAM: {str(error).splitlines()[-1].strip()}; '
+                              'wrong img_size or decoder fusion?') from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f'{path} does not fit this RWKV-SAM: {len(result.missing_keys)} missing keys '
-                         f'(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected '
-                         f'(e.g. {result.unexpected_keys[:3]}); wrong variant or img_size?')
+                              f'(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected '
+                              f'(e.g. {result.unexpected_keys[:3]}); wrong variant, img_size or decoder fusion?')
 
 
 rwkv_sam_model_registry = {
