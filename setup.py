@@ -26,6 +26,7 @@ setup(
               'vision_rwkv.mmseg', 'vision_rwkv.sam', 'vision_rwkv.sam.modeling', 'vision_rwkv.sam.utils',
               'vision_rwkv.kernels', 'vision_rwkv.deploy', 'vision_rwkv_runtime'],
     package_dir={'vision_rwkv.kernels': 'kernels'},
+    package_data={'vision_rwkv_runtime': ['static/*.html']},  # the page of tools/sam_app.py
     install_requires=[
         TORCH,
         TORCHVISION,
@@ -38,7 +39,11 @@ setup(
         'mmengine==0.10.7',
     ],
     extras_require={
-        'dev': ['pytest>=8', 'pytest-timeout', 'scikit-image'],  # scikit-image: sample photos for demo tests
+        # scikit-image: sample photos for demo tests; playwright drives Debian's Chromium (/usr/bin/chromium, which
+        # tools/setup_env.sh installs with apt-get) in tests/test_sam_app.py: never `playwright install`
+        'dev': ['pytest>=8', 'pytest-timeout', 'scikit-image', 'playwright'],
+        # tools/sam_app.py: its server is the standard library's; scikit-image gives its sample photos
+        'app': ['pillow', 'scikit-image'],
         # mmcv 2.1.0 has no wheel for this torch: tools/setup_env.sh builds it from source first.
         # mmsegmentation 1.2.2 imports ftfy and regex without declaring them.
         'seg': ['mmsegmentation==1.2.2', 'mmcv==2.1.0', 'ftfy', 'regex'],

@@ -119,11 +119,16 @@ def predictor_of(args):
     return RWKVSamPredictor(model_from_config(args.config, args.checkpoint or default_checkpoint(args.config)))
 
 
-def segment_everything(args, image: np.ndarray) -> list:
+def mask_generator(sam, iou_thresh: float):
+    """The demos' automatic mask generator: a 16 × 16 point grid, masks of predicted IoU >= ``iou_thresh``."""
     from vision_rwkv.sam import RWKVSamAutomaticMaskGenerator
+    return RWKVSamAutomaticMaskGenerator(sam, points_per_side=16, pred_iou_thresh=iou_thresh,
+                                         stability_score_thresh=0.8)
+
+
+def segment_everything(args, image: np.ndarray) -> list:
     sam = model_from_config(args.config, args.checkpoint or default_checkpoint(args.config))
-    records = RWKVSamAutomaticMaskGenerator(sam, points_per_side=16, pred_iou_thresh=args.iou_thresh,
-                                            stability_score_thresh=0.8).generate(image)
+    records = mask_generator(sam, args.iou_thresh).generate(image)
     print(f'{len(records)} masks; predicted IoU: ' + ' '.join(f'{r["predicted_iou"]:.2f}' for r in records))
     return [r['segmentation'] for r in records]
 

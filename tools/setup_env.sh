@@ -7,7 +7,8 @@
 #   seg   core + mmsegmentation and mmcv 2.1.0, built from source the first time (10-17 min on 2 cores)
 #   sam   core + segment-anything, pycocotools, scipy (RWKV-SAM training and its demo)
 #   deploy core + onnx, onnxscript, onnxruntime (ONNX export: tools/export_onnx.py)
-#   all   everything, plus the test dependencies and timm's test file (what the test command needs)
+#   all   everything, plus the test dependencies, timm's test file and Debian's Chromium (apt-get, for the browser
+#         test of tools/sam_app.py; driven by Playwright from the dev extra, which never downloads a browser)
 #
 # tools/train.py sets up seg or sam by itself the first time a config needs them (inside this .venv).
 # torch is installed with --isolated so pip ignores local find-links of CPU-only torch wheels:
@@ -46,6 +47,13 @@ case "$PART" in
   sam) .venv/bin/pip install -e ".[sam]" ;;
   deploy) .venv/bin/pip install -e ".[deploy]" ;;
   all) .venv/bin/pip install -e ".[dev,seg,sam,deploy]"
+    # tests/test_sam_app.py drives /usr/bin/chromium (under CI a missing one fails the test); apt's package lists are
+    # refreshed only when the install fails without it
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+      apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+      [ "$(id -u)" -ne 0 ] && apt=(sudo "${apt[@]}")
+      "${apt[@]}" install -y chromium chromium-driver || { "${apt[@]}" update && "${apt[@]}" install -y chromium chromium-driver; }
+    fi
     # tests/test_timm_contract.py runs timm's own tests/test_models.py on our models: it reads the file from
     # the sdist of the installed timm version, downloaded here once (tests never download).
     TIMM_VERSION=$(.venv/bin/python -c "import timm; print(timm.__version__)")
