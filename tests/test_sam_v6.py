@@ -108,7 +108,8 @@ def test_v6_options_and_checkpoints_of_the_other_blocks(tmp_path):
         build_image_encoder('tiny', block='v5')
     path = tmp_path / 'tiny_v1.pth'
     torch.save(rwkv_sam_model_registry['tiny'](img_size=64, depth=1).state_dict(), path)
-    with pytest.raises(CheckpointError, match='missing keys'):
+    with pytest.raises(CheckpointError, match=r"image encoder 'tiny' \(1 VRWKV blocks of dim 192\), but this model's "
+                                              r"is 'tiny_v6' \(1 VRWKV6 blocks of dim 192\)"):
         rwkv_sam_model_registry['tiny_v6'](checkpoint=str(path), img_size=64, depth=1)
     # the v6 encoder through the block argument is the 'tiny_v6' variant
     a = build_rwkv_sam('tiny', img_size=64, depth=1, block='v6')
