@@ -14,7 +14,9 @@ which bounds the spread of exponents inside a chunk. Memory is O(B * T * C); no 
 
 When T·max|w| is small (Vision-RWKV divides its decay by T) forward and backward skip the chunking
 and take the whole sequence as one chunk (``fits_one_chunk``), and without autograd the forward skips
-the log-denominator. Both directions then run in one buffer (``_scan_buffer``): left-to-right rows and
+the log-denominator. The decays then factor into tables over positions (``_position_tables``), and a
+single maximum of the keys per (batch, channel), shared by every term, replaces the log scales: it
+cancels in y. Both directions run in one buffer (``_scan_buffer``): left-to-right rows and
 right-to-left rows, summed by blocked cumulative sums (``_two_way_cumsum``) with no reversed copies
 (torch.cumsum along the token dimension is several times slower on CPU); its intermediates live in
 per-thread buffers reused between calls (``_scratch``).
@@ -37,6 +39,9 @@ MAX_CHUNK_DECAY = 8.0
 #: The forward takes the whole sequence as one chunk while T * max|w| <= ONE_CHUNK_DECAY: the
 #: terms it loses to underflow are then below e^-(87 - 2 * 24) = 1e-17 of y (see one_chunk_bidirectional).
 ONE_CHUNK_DECAY = 24.0
+#: Bi-WKV (``bi_wkv_torch_forward`` and ``_backward``) also needs max|u| <= ONE_CHUNK_BONUS for that route: its
+#: factored sums carry e^u (see ``_one_chunk_forward``).
+ONE_CHUNK_BONUS = 8.0
 #: Largest scratch buffer (elements) the one-chunk route keeps per thread between calls (``_scratch``).
 WORKSPACE_MAX_ELEMENTS = 2 ** 24
 
@@ -127,6 +132,12 @@ def _ratio_and_log(s: torch.Tensor, l: torch.Tensor) -> Tuple[torch.Tensor, torc
 def fits_one_chunk(length: int, w: torch.Tensor) -> bool:
     """Whether scans of ``length`` tokens may run as one chunk: length · max|w| <= ONE_CHUNK_DECAY."""
     return length * float(w.detach().abs().max()) <= ONE_CHUNK_DECAY
+
+
+def _bi_wkv_fits_one_chunk(w: torch.Tensor, u: torch.Tensor, length: int) -> bool:
+    """Whether Bi-WKV over ``length`` tokens takes the one-chunk route: ``fits_one_chunk`` and max|u| <=
+    ONE_CHUNK_BONUS."""
+    return fits_one_chunk(length, w) and float(u.detach().abs().max()) <= ONE_CHUNK_BONUS
 
 
 def _one_chunk_weights(z: torch.Tensor, w: torch.Tensor):
@@ -231,33 +242,6 @@ def _two_way_cumsum(buf: torch.Tensor, T: int, out: torch.Tensor) -> torch.Tenso
     return _blocked_cumsum(buf, _scan_blocks(T + 2)[0], (False, True), out)
 
 
-def _two_way_weights_(out: torch.Tensor, z: torch.Tensor, w: torch.Tensor, negate: bool = False) -> torch.Tensor:
-    """Write the one-chunk weights of (B, T, C) log-weights ``z`` (or of -z when ``negate``) into ``out``
-    (2, B, T, C), in place.
-
-    out[0] = exp(z_i + i·w - m_0) for the left-to-right sums, out[1] = exp(z_i - i·w - m_1) for the
-    right-to-left ones, m the maxima over i. The exclusive sums are then
-    Σ_{i<t} e^{-(t-1-i)w + z_i} x_i = e^{l_f} Σ_{i<t} out[0]_i x_i with l_f = m_0 - (t-1)·w and
-    Σ_{i>t} e^{-(i-1-t)w + z_i} x_i = e^{l_b} Σ_{i>t} out[1]_i x_i with l_b = m_1 + (t+1)·w.
-    Returns m (2, B, 1, C).
-    """
-    rw = torch.arange(z.shape[1], device=z.device, dtype=z.dtype)[:, None] * w  # (T, C)
-    rw = torch.stack([rw, -rw]).unsqueeze(1)  # (2, 1, T, C)
-    if negate:
-        torch.sub(rw, z, out=out)
-    else:
-        torch.add(z, rw, out=out)
-    m = out.amax(dim=2, keepdim=True)
-    out.sub_(m).exp_()
-    return m
-
-
-def _two_way_log_scales_(out: torch.Tensor, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Write l_f and l_b of ``_two_way_weights_``'s maxima m (2, B, 1, C) into ``out`` (2, B, T, C)."""
-    r = torch.arange(out.shape[2], device=m.device, dtype=m.dtype)[:, None]
-    return torch.add(m, torch.stack([(1 - r) * w, (r + 1) * w]).unsqueeze(1), out=out)
-
-
 def one_chunk_bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     """``_bidirectional`` with the whole sequence as one chunk (for D = T·max|w| <= ONE_CHUNK_DECAY).
 
@@ -277,27 +261,57 @@ def one_chunk_bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     return (s[:B], l_f), (s[B:].flip(1), l_b)
 
 
+def _position_tables(w: torch.Tensor, T: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Decay factors of the one-chunk scans over T tokens, each (2, T, C).
+
+    The exclusive sums factor by position: Σ_{i<t} e^{-(t-1-i)w} x_i = e^{-(t-1)w} Σ_{i<t} e^{iw} x_i and
+    Σ_{i>t} e^{-(i-1-t)w} x_i = e^{(t+1)w} Σ_{i>t} e^{-iw} x_i. Returns the input side E = (e^{tw},
+    e^{-tw}) and the output side F = (e^{-(t-1)w}, e^{(t+1)w}); all within e^{±(D + |w|)}, D = T·max|w|.
+    """
+    rw = torch.arange(T, device=w.device, dtype=w.dtype)[:, None] * w
+    return torch.stack([rw, -rw]).exp_(), torch.stack([w - rw, w + rw]).exp_()
+
+
+def _one_chunk_sums(x: torch.Tensor, E: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Both exclusive sums of x (2, B, T, C) weighted by ``_position_tables``' E, in one ``_scan_buffer``.
+
+    Returns the buffer and the ``_scratch`` tensor of its sums: left_t = Σ_{i<t} E[0]_i x_i at
+    ``sums[0, :, :T]``, right_t = Σ_{i>t} E[1]_i x_i at ``sums[1, :, 2:T + 2]`` (rows: x[0]'s B, then x[1]'s).
+    """
+    _, B, T, C = x.shape
+    buf, terms = _scan_buffer('terms', 2 * B, T, C, x)
+    torch.mul(x, E.view(2, 1, 1, T, C), out=terms.view(2, 2, B, T, C))
+    return buf, _two_way_cumsum(buf, T, _scratch('sums', buf.shape, x))
+
+
+def _two_way_parts(sums: torch.Tensor, T: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(left, right) exclusive sums of ``_one_chunk_sums``, each (2, B, T, C)."""
+    return sums[0, :, :T].unflatten(0, (2, -1)), sums[1, :, 2:T + 2].unflatten(0, (2, -1))
+
+
 def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, with_log_den: bool):
-    """Bi-WKV forward with the whole sequence as one chunk, as ``one_chunk_bidirectional`` (same
-    weights, same precision argument) but with both directions' numerators and denominators in one
-    ``_scan_buffer`` and no reversed copies; both sums and the bonus term are combined under the
-    largest of their log scales (a term lost there is negligible for the same reason). Intermediates
-    live in ``_scratch`` buffers."""
+    """Bi-WKV forward with the whole sequence as one chunk (``fits_one_chunk``).
+
+    With m = max_i k_i per (batch, channel) and ek = e^{k - m}, every term of y_t's numerator and denominator
+    carries the factor e^m, which cancels: num_t = F0_t Σ_{i<t} E0_i ek_i v_i + F1_t Σ_{i>t} E1_i ek_i v_i +
+    e^u ek_t v_t (``_position_tables``), den_t the same without v, and log_den = m + log den. Both directions'
+    numerators and denominators are one ``_one_chunk_sums``. Nothing cancels (den is a sum of positive terms),
+    so only the range matters: the terms are at most e^D (ek <= 1), and a term ek_i E_i that underflows
+    (float32, below e^-87) has ek_i < e^{-87 + D}. The token j of the maximum key contributes
+    e^{-(|t-j|-1)w} >= e^{-D} (or e^u when j = t) to every den_t, and a lost term is below e^{-87 + 2D} of
+    that, or e^{-87 + 2D - u}: under 1e-17 for D <= ONE_CHUNK_DECAY and |u| <= ONE_CHUNK_BONUS.
+    Intermediates live in ``_scratch`` buffers.
+    """
     B, T, C = k.shape
-    buf, terms = _scan_buffer('terms', 2 * B, T, C, k)
-    num, den = terms.view(2, 2, B, T, C).unbind(1)  # (2 directions, B, T, C) each
-    m = _two_way_weights_(den, k, w)
-    torch.mul(den, v, out=num)
-    sums = _two_way_cumsum(buf, T, _scratch('sums', buf.shape, k))
-    left, right = sums[0, :, :T].view(2, B, T, C), sums[1, :, 2:T + 2].view(2, B, T, C)  # (numerator, denominator)
-    scale = _two_way_log_scales_(_scratch('scales', (2, B, T, C), k), m, w)
-    l_d = torch.add(u, k, out=_scratch('bonus', (B, T, C), k))
-    top = torch.maximum(scale[0], scale[1], out=None if with_log_den else _scratch('top', (B, T, C), k))
-    torch.maximum(top, l_d, out=top)
-    a, a_d = scale.sub_(top).exp_(), l_d.sub_(top).exp_()
-    num, den = torch.mul(left, a[0], out=_scratch('combined', (2, B, T, C), k)).addcmul_(right, a[1])
-    y = torch.addcmul(num, v, a_d).div_(den.add_(a_d))
-    return y, (top.add_(den.log_()) if with_log_den else None)
+    E, F = _position_tables(w, T)
+    m = k.amax(dim=1, keepdim=True)  # (B, 1, C)
+    x = _scratch('values', (2, B, T, C), k)  # (ek·v, ek)
+    torch.mul(torch.sub(k, m, out=x[1]).exp_(), v, out=x[0])
+    _, sums = _one_chunk_sums(x, E)
+    left, right = _two_way_parts(sums, T)
+    num, den = torch.mul(left, F[0], out=_scratch('combined', (2, B, T, C), k)).addcmul_(right, F[1]) \
+        .addcmul_(x, u.exp())
+    return torch.div(num, den), (torch.log(den).add_(m) if with_log_den else None)
 
 
 def bi_wkv_torch_forward(
@@ -310,8 +324,8 @@ def bi_wkv_torch_forward(
     """Bi-WKV forward in the dtype of its inputs (float32 or float64).
 
     When T·max|w| is within ``ONE_CHUNK_DECAY`` (Vision-RWKV scales w by 1/T, so T·|w| is its
-    spatial_decay) the scans take the whole sequence as one chunk (``_one_chunk_forward``);
-    otherwise chunks of ``choose_chunk_len(w)`` tokens are carried in log space.
+    spatial_decay) and max|u| within ``ONE_CHUNK_BONUS``, the scans take the whole sequence as one chunk
+    (``_one_chunk_forward``); otherwise chunks of ``choose_chunk_len(w)`` tokens are carried in log space.
 
     Args:
         w, u: (C,); k, v: (B, T, C), all of one floating dtype.
@@ -320,7 +334,7 @@ def bi_wkv_torch_forward(
     Returns:
         y: (B, T, C) output; log_den: (B, T, C) log of the softmax denominator, or None.
     """
-    if fits_one_chunk(k.shape[1], w):
+    if _bi_wkv_fits_one_chunk(w, u, k.shape[1]):
         return _one_chunk_forward(w, u, k, v, with_log_den)
     x = torch.stack([v, torch.ones_like(v)], dim=-1)
     (s_f, l_f), (s_b, l_b) = _bidirectional(k, x, w, choose_chunk_len(w))
@@ -372,52 +386,48 @@ def _one_chunk_backward(
         log_den: torch.Tensor,
         gy: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of Bi-WKV with the whole sequence as one chunk (for D = T·max|w| <= ONE_CHUNK_DECAY).
+    """Gradients of Bi-WKV with the whole sequence as one chunk (``fits_one_chunk``), in the factored form of
+    ``_one_chunk_forward``.
 
-    With a_ti = e^{-(|t-i|-1)w + k_i - log_den_t} the attention of output t on token i (i != t) and
-    q = -log_den:
+    With a_ti = e^{-(|t-i|-1)w + k_i - log_den_t} the attention of output t on token i (i != t; e^{u + k_t -
+    log_den_t} for i = t), ek = e^{k - m} and g = gy e^{m - log_den} (gy_t / den_t of the forward's
+    factored den), a_ti gy_t = ek_i e^{-(|t-i|-1)w} g_t, so with x = (g, g·y):
 
-    - gv_i = Σ_t a_ti gy_t and gk_i = v_i gv_i - Σ_t a_ti gy_t y_t (bonus term included): the Bi-WKV
-      scan on the output side, log-weights q and values (gy, gy·y), as the chunked backward;
-    - gw = -Σ_i Σ_{t≠i} (|t-i|-1) a_ti gy_t (v_i - y_t). Left to right, with the one-chunk weights
-      p_t = e^{q_t + t·w - m} and l_i = m - (i-1)·w of ``_two_way_weights_``, the first scan is
-      A_i = e^{l_i} c_i with c_i = Σ_{t<i} p_t x_t, x_t = (gy_t, gy_t·y_t), and
-      Σ_{t<i} (i-1-t) e^{-(i-1-t)w + q_t} x_t = e^{l_i} Σ_{s<i} c_s (c_s counts token t once for each
-      s with t < s < i): a second cumulative sum of the first, no (i-1)·A - B difference.
-      Right to left is the mirror image. gw = -Σ_i e^{l_i + k_i} (v_i Q_num,i - Q_den,i) over both
-      directions, Q the second sums of (gy, gy·y).
+    - S_i = Σ_{t≠i} e^{-(|t-i|-1)w} x_t + e^u x_i: the forward's scans on the output side
+      (``_one_chunk_sums``), and gv = ek·S_num, gk = v·gv - ek·S_den, gu = e^u Σ ek·g·(v - y);
+    - gw = -Σ_i Σ_{t≠i} (|t-i|-1) a_ti gy_t (v_i - y_t). Left to right, Σ_{t<i} (i-1-t) e^{-(i-1-t)w} x_t
+      = F0_i Σ_{s<i} c_s with c_s = Σ_{t<s} E0_t x_t the first sums (c_s counts token t once for each s with
+      t < s < i): a second cumulative sum of the first, no (i-1)·A - B difference. Right to left mirrors it.
 
-    Precision: left to right a_ti = e^{l_i + k_i} p_t, and e^{l_i + k_i} = e^{k_i + q_j - (i-1-j)w} for
-    the token j that sets m (p_j = 1): that is a_ji (<= 1) when j < i, a_ji e^{2(j-i)w} <= e^{2D} when
-    j > i, e^{q_i + k_i + w} <= e^{w-u} when j = i (den_i >= e^{u + k_i}); right to left likewise. So
-    a weight p_t that underflows (float32, p_t < e^-87) drops a term a_ti < e^{-87}·max(e^{2D}, e^{w-u}),
-    below e^-39 = 1e-17 of the gradients' natural scale Σ|gy|·max|v| for D <= ONE_CHUNK_DECAY, and the
-    scales e^{l + k} stay finite, as do the sums (p <= 1: at most T and T^2 times max|gy|, max|gy·y|).
-    gk and gw are differences (v_i·gv_i - ..., v_i Q_num - Q_den) and cancel where one token dominates,
-    as in the chunked backward; everything else is sums of positive terms times signed values.
+    Range: den >= min(e^{-D - |w|}, e^u) (see ``_one_chunk_forward``), so |g| <= |gy| e^{D + |w| + |u|}; the
+    first sums are at most T e^D max|x| and the second T^2 e^D max|x|: finite in float32 for
+    D <= ONE_CHUNK_DECAY, |u| <= ONE_CHUNK_BONUS and any |gy|, |gy·y| below 1e8. A term E_t x_t that
+    underflows is below e^{-87} while E_t >= e^{-D}, so |g_t| < e^{-87 + D}: below 1e-17 of the gradients'
+    natural scale. gk and gw are differences (v_i·gv_i - ..., v_i Q_num - Q_den) and cancel where one token
+    dominates, as in the chunked backward; everything else is sums of positive terms times signed values.
 
     Args: w, u (C,); k, v, y, log_den, gy (B, T, C) (y and log_den from the forward).
     Returns: gw, gu (C,); gk, gv (B, T, C).
     """
     B, T, C = k.shape
-    gyy = torch.mul(gy, y, out=_scratch('gyy', (B, T, C), k))
-    buf, terms = _scan_buffer('terms', 2 * B, T, C, k)
-    g1, g2 = terms.view(2, 2, B, T, C).unbind(1)  # (2 directions, B, T, C) each
-    m = _two_way_weights_(g1, log_den, w, negate=True)  # log-weights q = -log_den
-    torch.mul(g1, gyy, out=g2)
-    g1.mul_(gy)
-    sums = _two_way_cumsum(buf, T, _scratch('sums', buf.shape, k))
-    a = _two_way_log_scales_(_scratch('scales', (2, B, T, C), k), m, w).add_(k).exp_()  # e^{l + k}
-    a_d = torch.add(u, k, out=_scratch('bonus', (B, T, C), k)).sub_(log_den).exp_()  # the bonus's attention
-    left, right = sums[0, :, :T].view(2, B, T, C), sums[1, :, 2:T + 2].view(2, B, T, C)  # of (gy, gy·y)
-    gv, s2 = (left * a[0]).addcmul_(right, a[1])  # gv is returned: a view of a fresh tensor
-    gv.addcmul_(a_d, gy)
-    gk = torch.mul(v, gv).sub_(s2.addcmul_(a_d, gyy))
-    gu = torch.mul(gy, v, out=_scratch('gu', (B, T, C), k)).sub_(gyy).mul_(a_d).sum(dim=(0, 1))
+    E, F = _position_tables(w, T)
+    eu = u.exp()
+    m = k.amax(dim=1, keepdim=True)
+    ek = torch.sub(k, m, out=_scratch('ek', (B, T, C), k)).exp_()
+    x = _scratch('values', (2, B, T, C), k)  # (g, g·y)
+    g = torch.sub(m, log_den, out=x[0]).exp_().mul_(gy)
+    torch.mul(g, y, out=x[1])
+    buf, sums = _one_chunk_sums(x, E)
+    left, right = _two_way_parts(sums, T)
+    s = torch.mul(left, F[0], out=_scratch('combined', (2, B, T, C), k)).addcmul_(right, F[1]).addcmul_(x, eu)
+    gv = torch.mul(s[0], ek)
+    gk = torch.mul(v, gv).sub_(s[1].mul_(ek))
+    gu = _sum_batch_time(torch.sub(v, y, out=s[1]).mul_(g).mul_(ek)).mul_(eu)
     sums = _two_way_cumsum(sums, T, buf)  # second sums: tokens 1..T-1 at 0..T-2 (left to right), 0..T-2 at 3..T+1
-    (q1_f, q2_f), (q1_b, q2_b) = sums[0, :, :T - 1].view(2, B, T - 1, C), sums[1, :, 3:T + 2].view(2, B, T - 1, C)
-    gw = _sum_batch_time(q1_f.mul_(v[:, 1:]).sub_(q2_f).mul_(a[0, :, 1:]))
-    gw += _sum_batch_time(q1_b.mul_(v[:, :-1]).sub_(q2_b).mul_(a[1, :, :-1]))
+    (q1_f, q2_f), (q1_b, q2_b) = sums[0, :, :T - 1].unflatten(0, (2, -1)), sums[1, :, 3:T + 2].unflatten(0, (2, -1))
+    ek_f, ek_b = torch.mul(ek[:, 1:], F[0, 1:], out=s[0, :, 1:]), torch.mul(ek[:, :-1], F[1, :-1], out=s[1, :, :-1])
+    gw = _sum_batch_time(q1_f.mul_(v[:, 1:]).sub_(q2_f).mul_(ek_f))
+    gw += _sum_batch_time(q1_b.mul_(v[:, :-1]).sub_(q2_b).mul_(ek_b))
     return gw.neg_(), gu, gk, gv
 
 
@@ -464,7 +474,7 @@ def bi_wkv_torch_backward(
     """Gradients of Bi-WKV, all in the dtype of the inputs.
 
     Takes the whole sequence as one chunk (``_one_chunk_backward``) wherever the forward does
-    (``fits_one_chunk``), else chunked scans (``_chunked_backward``).
+    (``_bi_wkv_fits_one_chunk``), else chunked scans (``_chunked_backward``).
 
     Args:
         w, u: (C,); k, v, y, log_den, gy: (B, T, C) (y and log_den from the forward).
@@ -472,6 +482,6 @@ def bi_wkv_torch_backward(
     Returns:
         gw, gu: (C,); gk, gv: (B, T, C).
     """
-    if fits_one_chunk(k.shape[1], w):
+    if _bi_wkv_fits_one_chunk(w, u, k.shape[1]):
         return _one_chunk_backward(w, u, k, v, y, log_den, gy)
     return _chunked_backward(w, u, k, v, y, log_den, gy)
