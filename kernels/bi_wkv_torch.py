@@ -26,6 +26,7 @@ is symmetric in t and i), and obtains the gradient of w from a second scan over 
 sum_{i<t} (t-1-i) W_ti x_i = exp(-w) * sum_{s<t} exp(-(t-1-s) w) A_s with A the first scan (one
 chunk: a second cumulative sum of the first, ``_one_chunk_backward``).
 """
+import functools
 import math
 import threading
 from typing import Optional, Tuple
@@ -167,6 +168,23 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return _blocked_cumsum(buf.view(1, N, length, -1), block, (False,))[0, :, :T].view(x.shape)
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_constant(kind: str, size: int, option, dtype: torch.dtype, device: torch.device, inference: bool):
+    """The small constant tensors of the scans (see ``_constant``); ``inference`` keys inference tensors apart."""
+    if kind == 'triangles':  # (D, 1, size, size) 0/1 triangles, strictly below (above) the diagonal when strict
+        strict, reverse = option
+        lower = torch.ones(size, size, dtype=dtype, device=device).tril(-int(strict))
+        return torch.stack([lower.t() if r else lower for r in reverse]).unsqueeze(1)
+    t = torch.arange(size, dtype=dtype, device=device)[:, None]  # 'positions': (4, T, 1) t, -t, 1 - t, 1 + t
+    return torch.stack([t, -t, 1 - t, 1 + t])
+
+
+def _constant(kind: str, size: int, *option, like: torch.Tensor) -> torch.Tensor:
+    """A cached constant of ``_cached_constant`` in the dtype and on the device of ``like`` (read-only: one
+    tensor per key serves every call)."""
+    return _cached_constant(kind, size, option, like.dtype, like.device, torch.is_inference_mode_enabled())
+
+
 def _scan_blocks(length: int) -> Tuple[int, int]:
     """(block, padded length): blocks of about sqrt(length) tokens covering ``length``."""
     block = max(1, math.isqrt(length - 1) + 1)
@@ -187,8 +205,7 @@ def _blocked_cumsum(x: torch.Tensor, block: int, reverse: Tuple[bool, ...],
     n = length // block
 
     def triangles(size: int, strict: bool) -> torch.Tensor:  # (D, 1, size, size)
-        lower = torch.ones(size, size, dtype=x.dtype, device=x.device).tril(-int(strict))
-        return torch.stack([lower.t() if r else lower for r in reverse]).unsqueeze(1)
+        return _constant('triangles', size, strict, tuple(reverse), like=x)
 
     blocks = (D, N * n, block, C)
     y = torch.matmul(triangles(block, False), x.view(blocks), out=None if out is None else out.view(blocks))
@@ -268,8 +285,8 @@ def _position_tables(w: torch.Tensor, T: int) -> Tuple[torch.Tensor, torch.Tenso
     Σ_{i>t} e^{-(i-1-t)w} x_i = e^{(t+1)w} Σ_{i>t} e^{-iw} x_i. Returns the input side E = (e^{tw},
     e^{-tw}) and the output side F = (e^{-(t-1)w}, e^{(t+1)w}); all within e^{±(D + |w|)}, D = T·max|w|.
     """
-    rw = torch.arange(T, device=w.device, dtype=w.dtype)[:, None] * w
-    return torch.stack([rw, -rw]).exp_(), torch.stack([w - rw, w + rw]).exp_()
+    tables = torch.mul(_constant('positions', T, like=w), w).exp_()
+    return tables[:2], tables[2:]
 
 
 def _one_chunk_sums(x: torch.Tensor, E: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
