@@ -179,7 +179,7 @@ def main():
     results = dict(budget_min=args.budget_min, config=osp.relpath(TOY_CONFIG, ROOT), rows=[])
     if args.resume and osp.exists(args.out):
         with open(args.out) as f:
-            results['rows'] = [row for row in json.load(f)['rows']]
+            results['rows'] = json.load(f)['rows']
     done = {(row['model'], row['img_size']) for row in results['rows']}
     for size in args.sizes:
         for name in args.models:

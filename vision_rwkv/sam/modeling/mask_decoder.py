@@ -220,9 +220,7 @@ class MultiScaleMaskDecoder(nn.Module):
         if stride4 is None or stride8 is None:
             raise TypeError(f'the image features carry no stride-4 / stride-8 maps, which fusion={self.fusion!r} '
                             'reads (a ViTSamImageEncoder built with pyramid=False?)')
-        if embedding.dim() != 4 or embedding.shape[1] != self.transformer_dim:
-            raise ValueError(f'features.embedding must be (F, {self.transformer_dim}, h, w), '
-                             f'got {tuple(embedding.shape)}')
+        self._check_embedding(embedding)
         n, _, h, w = embedding.shape
         expected = {'stride4': (stride4, (n, self.stride4_chans, 4 * h, 4 * w)),
                     'stride8': (stride8, (n, self.stride8_chans, 2 * h, 2 * w))}
