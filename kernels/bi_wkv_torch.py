@@ -316,7 +316,8 @@ def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: tor
     so only the range matters: the terms are at most e^D (ek <= 1), and a term ek_i E_i that underflows
     (float32, below e^-87) has ek_i < e^{-87 + D}. The token j of the maximum key contributes
     e^{-(|t-j|-1)w} >= e^{-D} (or e^u when j = t) to every den_t, and a lost term is below e^{-87 + 2D} of
-    that, or e^{-87 + 2D - u}: under 1e-17 for D <= ONE_CHUNK_DECAY and |u| <= ONE_CHUNK_BONUS.
+    that (1e-17 at D = ONE_CHUNK_DECAY), or e^{-87 + 2D + |w| - u} when j = t (at most e^-31 = 3e-14 for
+    |u| <= ONE_CHUNK_BONUS): below float32's rounding.
     Intermediates live in ``_scratch`` buffers.
     """
     B, T, C = k.shape
@@ -416,11 +417,12 @@ def _one_chunk_backward(
       = F0_i Σ_{s<i} c_s with c_s = Σ_{t<s} E0_t x_t the first sums (c_s counts token t once for each s with
       t < s < i): a second cumulative sum of the first, no (i-1)·A - B difference. Right to left mirrors it.
 
-    Range: den >= min(e^{-D - |w|}, e^u) (see ``_one_chunk_forward``), so |g| <= |gy| e^{D + |w| + |u|}; the
-    first sums are at most T e^D max|x| and the second T^2 e^D max|x|: finite in float32 for
-    D <= ONE_CHUNK_DECAY, |u| <= ONE_CHUNK_BONUS and any |gy|, |gy·y| below 1e8. A term E_t x_t that
-    underflows is below e^{-87} while E_t >= e^{-D}, so |g_t| < e^{-87 + D}: below 1e-17 of the gradients'
-    natural scale. gk and gw are differences (v_i·gv_i - ..., v_i Q_num - Q_den) and cancel where one token
+    Range: den >= min(e^{-D - |w|}, e^u) (see ``_one_chunk_forward``), so |g| <= |gy| max(e^{D + |w|}, e^{-u})
+    and a term E_t x_t is at most e^{2D + |w|} (or e^{D + |u|}) times |gy_t|, |gy_t·y_t|; the first sums are
+    at most T times that and the second T^2 times: finite in float32 up to T = 65536 for |gy|, |gy·y| <= 1e7
+    even at D = ONE_CHUNK_DECAY and |u| = ONE_CHUNK_BONUS (much further for the models' D of a few units).
+    A term E_t x_t that underflows (below e^-87) adds at most ek_i F_i e^-87 <= e^{D + |w| - 87} < 1e-27 to
+    a gradient entry. gk and gw are differences (v_i·gv_i - ..., v_i Q_num - Q_den) and cancel where one token
     dominates, as in the chunked backward; everything else is sums of positive terms times signed values.
 
     Args: w, u (C,); k, v, y, log_den, gy (B, T, C) (y and log_den from the forward).

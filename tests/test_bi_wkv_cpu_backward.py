@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from vision_rwkv.kernels import bi_wkv, bi_wkv_reference
 from vision_rwkv.kernels import bi_wkv_torch
-from vision_rwkv.kernels.bi_wkv_torch import ONE_CHUNK_DECAY, fits_one_chunk
+from vision_rwkv.kernels.bi_wkv_torch import ONE_CHUNK_BONUS, ONE_CHUNK_DECAY, fits_one_chunk
 
 from conftest import rel_err
 
@@ -139,6 +139,22 @@ def test_backward_route_follows_the_forward(monkeypatch, decay, route):
     monkeypatch.setattr(bi_wkv_torch, route, lambda *a: called.append(route) or original(*a))
     bi_wkv_torch.bi_wkv_torch_backward(w, u, k, v, y, log_den, torch.randn_like(y))
     assert called == [route] and fits_one_chunk(T, w) == (route == '_one_chunk_backward')
+
+
+@pytest.mark.parametrize('bonus', [ONE_CHUNK_BONUS * 1.001, 100.0, -100.0])
+def test_large_bonus_takes_the_chunked_route(monkeypatch, bonus):
+    """max|u| > ONE_CHUNK_BONUS: the one-chunk sums would carry e^u (e^100 overflows float32),
+    so forward and backward take the chunked route, in log space, and match the reference (the tolerances of
+    test_one_chunk_backward_matches_reference)."""
+    def one_chunk(*args):
+        raise AssertionError('the one-chunk route ran with max|u| > ONE_CHUNK_BONUS')
+    monkeypatch.setattr(bi_wkv_torch, '_one_chunk_forward', one_chunk)
+    monkeypatch.setattr(bi_wkv_torch, '_one_chunk_backward', one_chunk)
+    w, u, k, v = make_inputs(2, 50, 4)
+    u[0] = bonus
+    y, gy, grads = torch_path_grads(w, u, k, v)
+    assert rel_err(y, bi_wkv_reference(*(t.double() for t in (w, u, k, v)))) < 1e-5
+    assert_grads_close(grads, reference_grads(w, u, k, v, gy), gy, v, tol_g=1e-4)
 
 
 @pytest.mark.parametrize('T', [1, 2, 3, 8, 9, 10, 17, 196, 1030])
