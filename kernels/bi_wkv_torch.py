@@ -175,8 +175,8 @@ def _cached_constant(kind: str, size: int, option, dtype: torch.dtype, device: t
         strict, reverse = option
         lower = torch.ones(size, size, dtype=dtype, device=device).tril(-int(strict))
         return torch.stack([lower.t() if r else lower for r in reverse]).unsqueeze(1)
-    t = torch.arange(size, dtype=dtype, device=device)[:, None]  # 'positions': (4, T, 1) t, -t, 1 - t, 1 + t
-    return torch.stack([t, -t, 1 - t, 1 + t])
+    t = torch.arange(size, dtype=dtype, device=device)[:, None]  # 'positions': (2, T, 1) t, -t
+    return torch.stack([t, -t])
 
 
 def _constant(kind: str, size: int, *option, like: torch.Tensor) -> torch.Tensor:
@@ -278,15 +278,15 @@ def one_chunk_bidirectional(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     return (s[:B], l_f), (s[B:].flip(1), l_b)
 
 
-def _position_tables(w: torch.Tensor, T: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Decay factors of the one-chunk scans over T tokens, each (2, T, C).
+def _position_tables(w: torch.Tensor, T: int) -> torch.Tensor:
+    """E = (e^{t·w}, e^{-t·w}), (2, T, C): the decay factors of the one-chunk scans over T tokens, within e^{±D},
+    D = T·max|w|.
 
-    The exclusive sums factor by position: Σ_{i<t} e^{-(t-1-i)w} x_i = e^{-(t-1)w} Σ_{i<t} e^{iw} x_i and
-    Σ_{i>t} e^{-(i-1-t)w} x_i = e^{(t+1)w} Σ_{i>t} e^{-iw} x_i. Returns the input side E = (e^{tw},
-    e^{-tw}) and the output side F = (e^{-(t-1)w}, e^{(t+1)w}); all within e^{±(D + |w|)}, D = T·max|w|.
+    The exclusive sums factor by position: Σ_{i<t} e^{-(t-1-i)w} x_i = e^w E1_t Σ_{i<t} E0_i x_i and
+    Σ_{i>t} e^{-(i-1-t)w} x_i = e^w E0_t Σ_{i>t} E1_i x_i. So one table weighs the terms (input side) and,
+    swapped, the sums (output side); the common factor e^w joins the scale of the result.
     """
-    tables = torch.mul(_constant('positions', T, like=w), w).exp_()
-    return tables[:2], tables[2:]
+    return torch.mul(_constant('positions', T, like=w), w).exp_()
 
 
 def _one_chunk_sums(x: torch.Tensor, E: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -310,9 +310,9 @@ def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: tor
     """Bi-WKV forward with the whole sequence as one chunk (``fits_one_chunk``).
 
     With m = max_i k_i per (batch, channel) and ek = e^{k - m}, every term of y_t's numerator and denominator
-    carries the factor e^m, which cancels: num_t = F0_t Σ_{i<t} E0_i ek_i v_i + F1_t Σ_{i>t} E1_i ek_i v_i +
-    e^u ek_t v_t (``_position_tables``), den_t the same without v, and log_den = m + log den. Both directions'
-    numerators and denominators are one ``_one_chunk_sums``. Nothing cancels (den is a sum of positive terms),
+    carries the factor e^{m + w}, which cancels: num_t = E1_t Σ_{i<t} E0_i ek_i v_i + E0_t Σ_{i>t} E1_i ek_i v_i +
+    e^{u - w} ek_t v_t (``_position_tables``), den_t the same without v, and log_den = m + w + log den. Both
+    directions' numerators and denominators are one ``_one_chunk_sums``. Nothing cancels (den is a sum of positive terms),
     so only the range matters: the terms are at most e^D (ek <= 1), and a term ek_i E_i that underflows
     (float32, below e^-87) has ek_i < e^{-87 + D}. The token j of the maximum key contributes
     e^{-(|t-j|-1)w} >= e^{-D} (or e^u when j = t) to every den_t, and a lost term is below e^{-87 + 2D} of
@@ -321,15 +321,15 @@ def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: tor
     Intermediates live in ``_scratch`` buffers.
     """
     B, T, C = k.shape
-    E, F = _position_tables(w, T)
+    E = _position_tables(w, T)
     m = k.amax(dim=1, keepdim=True)  # (B, 1, C)
     x = _scratch('values', (2, B, T, C), k)  # (ek·v, ek)
     torch.mul(torch.sub(k, m, out=x[1]).exp_(), v, out=x[0])
     _, sums = _one_chunk_sums(x, E)
     left, right = _two_way_parts(sums, T)
-    num, den = torch.mul(left, F[0], out=_scratch('combined', (2, B, T, C), k)).addcmul_(right, F[1]) \
-        .addcmul_(x, u.exp())
-    return torch.div(num, den), (torch.log(den).add_(m) if with_log_den else None)
+    num, den = torch.mul(left, E[1], out=_scratch('combined', (2, B, T, C), k)).addcmul_(right, E[0]) \
+        .addcmul_(x, torch.sub(u, w).exp_())
+    return torch.div(num, den), (torch.log(den).add_(m + w) if with_log_den else None)
 
 
 def bi_wkv_torch_forward(
@@ -408,20 +408,20 @@ def _one_chunk_backward(
     ``_one_chunk_forward``.
 
     With a_ti = e^{-(|t-i|-1)w + k_i - log_den_t} the attention of output t on token i (i != t; e^{u + k_t -
-    log_den_t} for i = t), ek = e^{k - m} and g = gy e^{m - log_den} (gy_t / den_t of the forward's
-    factored den), a_ti gy_t = ek_i e^{-(|t-i|-1)w} g_t, so with x = (g, g·y):
+    log_den_t} for i = t), ek = e^{k - m + w} and g = gy e^{m - log_den}, a_ti gy_t = ek_i e^{-|t-i|w} g_t
+    (e^{u - w} ek_t g_t for i = t), so with x = (g, g·y) and E of ``_position_tables``:
 
-    - S_i = Σ_{t≠i} e^{-(|t-i|-1)w} x_t + e^u x_i: the forward's scans on the output side
-      (``_one_chunk_sums``), and gv = ek·S_num, gk = v·gv - ek·S_den, gu = e^u Σ ek·g·(v - y);
-    - gw = -Σ_i Σ_{t≠i} (|t-i|-1) a_ti gy_t (v_i - y_t). Left to right, Σ_{t<i} (i-1-t) e^{-(i-1-t)w} x_t
-      = F0_i Σ_{s<i} c_s with c_s = Σ_{t<s} E0_t x_t the first sums (c_s counts token t once for each s with
+    - S_i = E1_i Σ_{t<i} E0_t x_t + E0_i Σ_{t>i} E1_t x_t + e^{u - w} x_i: the forward's scans on the output
+      side (``_one_chunk_sums``), and gv = ek·S_num, gk = v·gv - ek·S_den, gu = e^{u - w} Σ ek·g·(v - y);
+    - gw = -Σ_i Σ_{t≠i} (|t-i|-1) a_ti gy_t (v_i - y_t). Left to right, Σ_{t<i} (i-1-t) e^{-(i-t)w} x_t
+      = E1_i Σ_{s<i} c_s with c_s = Σ_{t<s} E0_t x_t the first sums (c_s counts token t once for each s with
       t < s < i): a second cumulative sum of the first, no (i-1)·A - B difference. Right to left mirrors it.
 
     Range: den >= min(e^{-D - |w|}, e^u) (see ``_one_chunk_forward``), so |g| <= |gy| max(e^{D + |w|}, e^{-u})
     and a term E_t x_t is at most e^{2D + |w|} (or e^{D + |u|}) times |gy_t|, |gy_t·y_t|; the first sums are
     at most T times that and the second T^2 times: finite in float32 up to T = 65536 for |gy|, |gy·y| <= 1e7
     even at D = ONE_CHUNK_DECAY and |u| = ONE_CHUNK_BONUS (much further for the models' D of a few units).
-    A term E_t x_t that underflows (below e^-87) adds at most ek_i F_i e^-87 <= e^{D + |w| - 87} < 1e-27 to
+    A term E_t x_t that underflows (below e^-87) adds at most ek_i E_i e^-87 <= e^{D + |w| - 87} < 1e-27 to
     a gradient entry. gk and gw are differences (v_i·gv_i - ..., v_i Q_num - Q_den) and cancel where one token
     dominates, as in the chunked backward; everything else is sums of positive terms times signed values.
 
@@ -429,22 +429,22 @@ def _one_chunk_backward(
     Returns: gw, gu (C,); gk, gv (B, T, C).
     """
     B, T, C = k.shape
-    E, F = _position_tables(w, T)
-    eu = u.exp()
+    E = _position_tables(w, T)
+    eu = torch.sub(u, w).exp_()
     m = k.amax(dim=1, keepdim=True)
-    ek = torch.sub(k, m, out=_scratch('ek', (B, T, C), k)).exp_()
+    ek = torch.sub(k, m - w, out=_scratch('ek', (B, T, C), k)).exp_()
     x = _scratch('values', (2, B, T, C), k)  # (g, g·y)
     g = torch.sub(m, log_den, out=x[0]).exp_().mul_(gy)
     torch.mul(g, y, out=x[1])
     buf, sums = _one_chunk_sums(x, E)
     left, right = _two_way_parts(sums, T)
-    s = torch.mul(left, F[0], out=_scratch('combined', (2, B, T, C), k)).addcmul_(right, F[1]).addcmul_(x, eu)
+    s = torch.mul(left, E[1], out=_scratch('combined', (2, B, T, C), k)).addcmul_(right, E[0]).addcmul_(x, eu)
     gv = torch.mul(s[0], ek)
     gk = torch.mul(v, gv).sub_(s[1].mul_(ek))
     gu = _sum_batch_time(torch.sub(v, y, out=s[1]).mul_(g).mul_(ek)).mul_(eu)
     sums = _two_way_cumsum(sums, T, buf)  # second sums: tokens 1..T-1 at 0..T-2 (left to right), 0..T-2 at 3..T+1
     (q1_f, q2_f), (q1_b, q2_b) = sums[0, :, :T - 1].unflatten(0, (2, -1)), sums[1, :, 3:T + 2].unflatten(0, (2, -1))
-    ek_f, ek_b = torch.mul(ek[:, 1:], F[0, 1:], out=s[0, :, 1:]), torch.mul(ek[:, :-1], F[1, :-1], out=s[1, :, :-1])
+    ek_f, ek_b = torch.mul(ek[:, 1:], E[1, 1:], out=s[0, :, 1:]), torch.mul(ek[:, :-1], E[0, :-1], out=s[1, :, :-1])
     gw = _sum_batch_time(q1_f.mul_(v[:, 1:]).sub_(q2_f).mul_(ek_f))
     gw += _sum_batch_time(q1_b.mul_(v[:, :-1]).sub_(q2_b).mul_(ek_b))
     return gw.neg_(), gu, gk, gv

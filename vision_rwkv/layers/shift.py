@@ -175,4 +175,7 @@ def shift_mix(
         xx = _shift(x, grid, shift_pixel, gamma, head_size)
         diff = x - xx  # lerp's formula written out: ONNX has no Lerp, and its decomposition selects with Where
         return tuple(xx + m.to(x.dtype) * diff for m in mixes)
+    if not (torch.is_grad_enabled() and (x.requires_grad or any(m.requires_grad for m in mixes))):
+        xx = _shift(x, grid, shift_pixel, gamma, head_size)  # nothing to differentiate: _ShiftMix's forward alone
+        return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)
     return _ShiftMix.apply(x, tuple(grid), shift_pixel, gamma, head_size, *mixes)
