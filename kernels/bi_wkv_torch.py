@@ -135,7 +135,7 @@ def fits_one_chunk(length: int, w: torch.Tensor) -> bool:
     return length * float(w.detach().abs().max()) <= ONE_CHUNK_DECAY
 
 
-def _bi_wkv_fits_one_chunk(w: torch.Tensor, u: torch.Tensor, length: int) -> bool:
+def _bi_wkv_fits_one_chunk(length: int, w: torch.Tensor, u: torch.Tensor) -> bool:
     """Whether Bi-WKV over ``length`` tokens takes the one-chunk route: ``fits_one_chunk`` and max|u| <=
     ONE_CHUNK_BONUS."""
     return fits_one_chunk(length, w) and float(u.detach().abs().max()) <= ONE_CHUNK_BONUS
@@ -168,21 +168,29 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return _blocked_cumsum(buf.view(1, N, length, -1), block, (False,))[0, :, :T].view(x.shape)
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_constant(kind: str, size: int, option, dtype: torch.dtype, device: torch.device, inference: bool):
-    """The small constant tensors of the scans (see ``_constant``); ``inference`` keys inference tensors apart."""
-    if kind == 'triangles':  # (D, 1, size, size) 0/1 triangles, strictly below (above) the diagonal when strict
-        strict, reverse = option
-        lower = torch.ones(size, size, dtype=dtype, device=device).tril(-int(strict))
-        return torch.stack([lower.t() if r else lower for r in reverse]).unsqueeze(1)
-    t = torch.arange(size, dtype=dtype, device=device)[:, None]  # 'positions': (2, T, 1) t, -t
+def _triangles(size: int, strict: bool, reverse: Tuple[bool, ...], dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
+    """(D, 1, size, size) 0/1 lower triangles (upper where reverse[d]), without the diagonal when strict."""
+    lower = torch.ones(size, size, dtype=dtype, device=device).tril(-int(strict))
+    return torch.stack([lower.t() if r else lower for r in reverse]).unsqueeze(1)
+
+
+def _positions(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(2, size, 1) positions t and -t."""
+    t = torch.arange(size, dtype=dtype, device=device)[:, None]
     return torch.stack([t, -t])
 
 
-def _constant(kind: str, size: int, *option, like: torch.Tensor) -> torch.Tensor:
-    """A cached constant of ``_cached_constant`` in the dtype and on the device of ``like`` (read-only: one
-    tensor per key serves every call)."""
-    return _cached_constant(kind, size, option, like.dtype, like.device, torch.is_inference_mode_enabled())
+@functools.lru_cache(maxsize=256)
+def _cached_constant(build, args: tuple, dtype: torch.dtype, device: torch.device, inference: bool):
+    """``build(*args, dtype, device)``, once per key; ``inference`` keys inference tensors apart."""
+    return build(*args, dtype=dtype, device=device)
+
+
+def _constant(build, *args, like: torch.Tensor) -> torch.Tensor:
+    """The small constant ``build(*args)`` (``_triangles``, ``_positions``) in the dtype and on the device of
+    ``like``, cached (read-only: one tensor per key serves every call)."""
+    return _cached_constant(build, args, like.dtype, like.device, torch.is_inference_mode_enabled())
 
 
 def _scan_blocks(length: int) -> Tuple[int, int]:
@@ -205,7 +213,7 @@ def _blocked_cumsum(x: torch.Tensor, block: int, reverse: Tuple[bool, ...],
     n = length // block
 
     def triangles(size: int, strict: bool) -> torch.Tensor:  # (D, 1, size, size)
-        return _constant('triangles', size, strict, tuple(reverse), like=x)
+        return _constant(_triangles, size, strict, tuple(reverse), like=x)
 
     blocks = (D, N * n, block, C)
     y = torch.matmul(triangles(block, False), x.view(blocks), out=None if out is None else out.view(blocks))
@@ -286,7 +294,7 @@ def _position_tables(w: torch.Tensor, T: int) -> torch.Tensor:
     Σ_{i>t} e^{-(i-1-t)w} x_i = e^w E0_t Σ_{i>t} E1_i x_i. So one table weighs the terms (input side) and,
     swapped, the sums (output side); the common factor e^w joins the scale of the result.
     """
-    return torch.mul(_constant('positions', T, like=w), w).exp_()
+    return torch.mul(_constant(_positions, T, like=w), w).exp_()
 
 
 def _one_chunk_sums(x: torch.Tensor, E: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -307,13 +315,13 @@ def _two_way_parts(sums: torch.Tensor, T: int) -> Tuple[torch.Tensor, torch.Tens
 
 
 def _one_chunk_forward(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, with_log_den: bool):
-    """Bi-WKV forward with the whole sequence as one chunk (``fits_one_chunk``).
+    """Bi-WKV forward with the whole sequence as one chunk (``_bi_wkv_fits_one_chunk``).
 
     With m = max_i k_i per (batch, channel) and ek = e^{k - m}, every term of y_t's numerator and denominator
     carries the factor e^{m + w}, which cancels: num_t = E1_t Σ_{i<t} E0_i ek_i v_i + E0_t Σ_{i>t} E1_i ek_i v_i +
     e^{u - w} ek_t v_t (``_position_tables``), den_t the same without v, and log_den = m + w + log den. Both
-    directions' numerators and denominators are one ``_one_chunk_sums``. Nothing cancels (den is a sum of positive terms),
-    so only the range matters: the terms are at most e^D (ek <= 1), and a term ek_i E_i that underflows
+    directions' numerators and denominators are one ``_one_chunk_sums``. Nothing cancels (den is a sum of
+    positive terms), so only the range matters: the terms are at most e^D (ek <= 1), and a term ek_i E_i that underflows
     (float32, below e^-87) has ek_i < e^{-87 + D}. The token j of the maximum key contributes
     e^{-(|t-j|-1)w} >= e^{-D} (or e^u when j = t) to every den_t, and a lost term is below e^{-87 + 2D} of
     that (1e-17 at D = ONE_CHUNK_DECAY), or e^{-87 + 2D + |w| - u} when j = t (at most e^-31 = 3e-14 for
@@ -352,7 +360,7 @@ def bi_wkv_torch_forward(
     Returns:
         y: (B, T, C) output; log_den: (B, T, C) log of the softmax denominator, or None.
     """
-    if _bi_wkv_fits_one_chunk(w, u, k.shape[1]):
+    if _bi_wkv_fits_one_chunk(k.shape[1], w, u):
         return _one_chunk_forward(w, u, k, v, with_log_den)
     x = torch.stack([v, torch.ones_like(v)], dim=-1)
     (s_f, l_f), (s_b, l_b) = _bidirectional(k, x, w, choose_chunk_len(w))
@@ -404,7 +412,7 @@ def _one_chunk_backward(
         log_den: torch.Tensor,
         gy: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of Bi-WKV with the whole sequence as one chunk (``fits_one_chunk``), in the factored form of
+    """Gradients of Bi-WKV with the whole sequence as one chunk (``_bi_wkv_fits_one_chunk``), in the factored form of
     ``_one_chunk_forward``.
 
     With a_ti = e^{-(|t-i|-1)w + k_i - log_den_t} the attention of output t on token i (i != t; e^{u + k_t -
@@ -501,6 +509,6 @@ def bi_wkv_torch_backward(
     Returns:
         gw, gu: (C,); gk, gv: (B, T, C).
     """
-    if _bi_wkv_fits_one_chunk(w, u, k.shape[1]):
+    if _bi_wkv_fits_one_chunk(k.shape[1], w, u):
         return _one_chunk_backward(w, u, k, v, y, log_den, gy)
     return _chunked_backward(w, u, k, v, y, log_den, gy)

@@ -117,6 +117,11 @@ def q_shift_multihead(x: torch.Tensor, grid: Tuple[int, int], shift_pixel: int =
     return _shift(x, grid, shift_pixel, 0.25, head_size)
 
 
+def _lerps(xx: torch.Tensor, x: torch.Tensor, mixes: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+    """torch.lerp(xx, x, m) for every ratio m, in x's dtype (autocast may hand in low-precision x)."""
+    return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)
+
+
 class _ShiftMix(torch.autograd.Function):
     """lerp(q_shift(x), x, m) for several ratios m, with one shift in the forward and one (transposed)
     shift in the backward: autograd of the slicing would zero-fill and add a full tensor per slice."""
@@ -126,7 +131,7 @@ class _ShiftMix(torch.autograd.Function):
         xx = _shift(x, grid, shift_pixel, gamma, head_size)
         ctx.save_for_backward(x - xx, *mixes)
         ctx.layout = (grid, shift_pixel, gamma, head_size)
-        return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)  # autocast may hand in low-precision x
+        return _lerps(xx, x, mixes)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -176,6 +181,5 @@ def shift_mix(
         diff = x - xx  # lerp's formula written out: ONNX has no Lerp, and its decomposition selects with Where
         return tuple(xx + m.to(x.dtype) * diff for m in mixes)
     if not (torch.is_grad_enabled() and (x.requires_grad or any(m.requires_grad for m in mixes))):
-        xx = _shift(x, grid, shift_pixel, gamma, head_size)  # nothing to differentiate: _ShiftMix's forward alone
-        return tuple(torch.lerp(xx, x, m.to(x.dtype)) for m in mixes)
+        return _lerps(_shift(x, grid, shift_pixel, gamma, head_size), x, mixes)  # nothing to differentiate
     return _ShiftMix.apply(x, tuple(grid), shift_pixel, gamma, head_size, *mixes)
