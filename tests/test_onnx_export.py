@@ -80,7 +80,10 @@ def test_exportable_bi_wkv_keeps_the_input_dtype():
 
 
 # VRWKV6: the chunked arithmetic of the eager path (kernels.wkv6_torch), so its tolerances: float64 1e-12 (sums
-# of terms of one sign per pair weight, measured 4e-16 on the eager path), float32 16·eps = 1.9e-6 (measured 1.2e-7)
+# of terms of one sign per pair weight, measured 4e-16 on the eager path), float32 16·eps = 1.9e-6 (measured 1.2e-7).
+# Both relative to the output of |r|, |k|, |v|, |u| (every term positive), as in test_bi_wkv6: the terms of one
+# output cancel, and at T = 1 the output (r·u·k) v hangs on one 64-term dot product, whose own relative error
+# has no bound (measured 3.7e-6 against the output's norm in one float32 draw).
 @pytest.mark.parametrize('B, T, H', [(1, 1, 1), (2, 13, 2), (1, 16, 1), (1, 17, 1), (2, 40, 1)])
 @pytest.mark.parametrize('dtype, tol', [(torch.float64, 1e-12), (torch.float32, 16 * 1.19e-7)])
 def test_exportable_bi_wkv6_matches_reference(B, T, H, dtype, tol):
@@ -90,7 +93,9 @@ def test_exportable_bi_wkv6_matches_reference(B, T, H, dtype, tol):
     u = torch.randn(H, 64, dtype=dtype)
     y = bi_wkv6_export(r, k, v, w, u)
     assert y.dtype == dtype
-    assert rel_err(y, bi_wkv6_reference(r, k, v, w, u)) < tol
+    error = (y.double() - bi_wkv6_reference(r, k, v, w, u)).norm()
+    scale = bi_wkv6_reference(r.abs(), k.abs(), v.abs(), w, u.abs()).norm()
+    assert error / scale < tol
 
 
 def test_not_exporting_outside_an_export():
