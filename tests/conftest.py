@@ -5,6 +5,7 @@ The session seed is printed in the report header; set VRWKV_TEST_SEED to replay 
 """
 import os
 import random
+from typing import Optional
 
 import torch
 
@@ -43,9 +44,10 @@ def _seed():
     yield
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected|| in float64 (absolute error when expected is zero)."""
+def rel_err(actual: torch.Tensor, expected: torch.Tensor, scale: Optional[torch.Tensor] = None) -> float:
+    """||actual - expected|| / ||scale|| in float64, scale defaulting to expected (absolute error when it is
+    zero). Pass the result computed with every term positive as ``scale`` where the terms of a sum cancel."""
     actual, expected = actual.detach().double(), expected.detach().double()
-    denom = expected.norm()
+    denom = (expected if scale is None else scale.detach().double()).norm()
     diff = (actual - expected).norm()
     return float(diff / denom) if denom > 0 else float(diff)

@@ -68,8 +68,7 @@ def assert_close(actual, expected, tol, name, scale=None):
     if expected.abs().max() == 0:
         assert actual.abs().max() == 0, name
     else:
-        scale = expected if scale is None else scale
-        error = (actual.detach().double() - expected.detach().double()).norm() / scale.detach().double().norm()
+        error = rel_err(actual, expected, scale)
         assert error < tol, f'{name}: {float(error):.3g} >= {tol:.3g}'
 
 
